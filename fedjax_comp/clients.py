@@ -1,0 +1,132 @@
+"""The client update: local training on one client's padded arrays, as a pure function.
+
+``client_update(params, client, key) -> (delta, ClientMetrics)`` runs local
+minibatch SGD (any optax optimizer) from the server's `params` and returns the
+model delta H = W_local - W. It is written for one client; the round `vmap`s
+it over a chunk of clients.
+
+Local schedule (McMahan et al. 2017): E local epochs of minibatches of B
+examples, each epoch a fresh random order of the client's own examples; the
+last batch of an epoch may be smaller. ``batch_size=None`` is B = inf (full
+batch), so FedSGD is ``local_epochs=1, batch_size=None``. With
+``local_steps=K`` instead, every non-empty client takes exactly K steps,
+cycling through epochs as needed.
+
+Padding: every client is padded to the same ``max_examples``, so under `vmap`
+all clients run the same number of scan steps. A client with n examples is
+active for ``E * ceil(n / B)`` of them (or K); on the other steps its
+parameters and optimizer state are left unchanged, and padded examples have
+zero weight in every loss. An empty client returns a zero delta.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fedjax_comp import keys
+from fedjax_comp.data.federated import ClientArrays
+from fedjax_comp.models import Model, Params
+
+LossFn = Callable[[Params, jax.Array, jax.Array, jax.Array], jax.Array]
+
+
+class ClientMetrics(NamedTuple):
+  train_loss: jax.Array  # mean minibatch loss over the client's active steps
+  num_steps: jax.Array  # local steps actually taken (int32)
+
+
+ClientUpdateFn = Callable[[Params, ClientArrays, jax.Array], tuple[Params, ClientMetrics]]
+
+
+def masked_cross_entropy(model: Model) -> LossFn:
+  """Mean softmax cross-entropy over the examples where `mask` is True (0 if none)."""
+
+  def loss_fn(params, x, y, mask):
+    logits = model.apply(params, x)
+    per_example = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    mask = mask.astype(per_example.dtype)
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+  return loss_fn
+
+
+def epoch_order(key: jax.Array, num_examples: jax.Array, max_examples: int) -> jax.Array:
+  """A random order of the first `num_examples` slots, padding slots after them."""
+  bits = jax.random.bits(key, (max_examples,), jnp.uint32)
+  # Padding sorts last; a uint32 tie with the sentinel is broken by position.
+  bits = jnp.where(jnp.arange(max_examples) < num_examples, bits >> 1,
+                   jnp.uint32(2**31))
+  return jnp.argsort(bits, stable=True).astype(jnp.int32)
+
+
+def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
+                       local_epochs: int = 1, batch_size: int | None = 10,
+                       local_steps: int | None = None) -> ClientUpdateFn:
+  """Builds the pure client update.
+
+  Args:
+    loss_fn: ``loss_fn(params, x, y, mask) -> scalar`` averaging over `mask`.
+    optimizer: the client's optax optimizer (``optax.sgd(client_lr)`` for FedAvg).
+    local_epochs: E, passes over the client's data (ignored if `local_steps`).
+    batch_size: B; None means the full client dataset (B = inf).
+    local_steps: if set, a fixed number of local steps K instead of epochs.
+
+  Returns:
+    ``client_update(params, client, key) -> (delta, ClientMetrics)`` for one
+    client; `vmap` it over clients.
+  """
+  if local_steps is None and local_epochs < 1:
+    raise ValueError(f"local_epochs must be >= 1, got {local_epochs}")
+  if local_steps is not None and local_steps < 1:
+    raise ValueError(f"local_steps must be >= 1 (or None for epochs), got {local_steps}")
+  if batch_size is not None and batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1 (or None for full batch), got {batch_size}")
+  grad_fn = jax.value_and_grad(loss_fn)
+
+  def client_update(params: Params, client: ClientArrays,
+                    key: jax.Array) -> tuple[Params, ClientMetrics]:
+    max_n = client.max_examples
+    batch = max_n if batch_size is None else min(batch_size, max_n)
+    n = client.num_examples
+    steps_per_epoch = jnp.maximum((n + batch - 1) // batch, 1)  # this client's
+    if local_steps is None:
+      total_steps = local_epochs * math.ceil(max_n / batch)  # the longest client's
+      active_steps = jnp.where(n > 0, local_epochs * steps_per_epoch, 0)
+    else:
+      total_steps = local_steps
+      active_steps = jnp.where(n > 0, local_steps, 0)
+    data_key = keys.stream(key, keys.Stream.DATA_ORDER)
+    # Positions past the end of the order point at a padding slot (masked out).
+    pad = math.ceil(max_n / batch) * batch - max_n
+
+    def step(carry, s):
+      p, opt_state = carry
+      epoch, b = s // steps_per_epoch, s % steps_per_epoch
+      order = epoch_order(jax.random.fold_in(data_key, epoch), n, max_n)
+      order = jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)])
+      positions = b * batch + jnp.arange(batch)
+      idx = lax.dynamic_slice(order, (b * batch,), (batch,))
+      active = s < active_steps
+      mask = (positions < n) & active
+      loss, grads = grad_fn(p, client.x[idx], client.y[idx], mask)
+      updates, new_opt_state = optimizer.update(grads, opt_state, p)
+      new_p = optax.apply_updates(p, updates)
+      keep = lambda new, old: jnp.where(active, new, old)
+      carry = (jax.tree.map(keep, new_p, p), jax.tree.map(keep, new_opt_state, opt_state))
+      return carry, jnp.where(active, loss, 0.0)
+
+    (new_params, _), losses = lax.scan(step, (params, optimizer.init(params)),
+                                       jnp.arange(total_steps))
+    delta = jax.tree.map(jnp.subtract, new_params, params)
+    num_steps = active_steps.astype(jnp.int32)
+    train_loss = jnp.sum(losses) / jnp.maximum(num_steps, 1)
+    return delta, ClientMetrics(train_loss=train_loss, num_steps=num_steps)
+
+  return client_update
