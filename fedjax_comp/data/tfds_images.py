@@ -35,6 +35,8 @@ config and a version may be given as in TFDS: ``"emnist/byclass"``,
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from fedjax_comp.data.examples import Examples, SourceData
@@ -117,7 +119,7 @@ def _read_split(source, num_classes: int, name: str) -> Examples:
       raise ValueError(
           f"{name}: expected uint8 images, got {images.dtype}."
       )
-    np.multiply(images, np.float32(1.0 / 255.0), out=x[start:stop])
+    np.divide(images, np.float32(255.0), out=x[start:stop])
     y[start:stop] = [r["label"] for r in records]
   if n and (y.min() < 0 or y.max() >= num_classes):
     raise ValueError(
@@ -135,7 +137,8 @@ def load_tfds_images(name: str, data_dir: str | None = None) -> SourceData:
       ``"mnist"``, ``"emnist"`` (= ``"emnist/balanced"``),
       ``"emnist/byclass"``, ``"cifar100:3.0.2"``.
     data_dir: the TFDS data directory holding the prepared dataset. None uses
-      ``TFDS_DATA_DIR`` if set, else ``~/tensorflow_datasets``.
+      ``TFDS_DATA_DIR`` if set (read at call time), else
+      ``~/tensorflow_datasets``.
 
   Returns:
     ``SourceData`` whose train and test ``Examples`` hold ``x``: float32
@@ -153,6 +156,11 @@ def load_tfds_images(name: str, data_dir: str | None = None) -> SourceData:
   # Imported here: tensorflow_datasets takes a while to import.
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
 
+  # Resolve the default here rather than in tfds, which reads TFDS_DATA_DIR
+  # once at import, so that the directory searched is the one reported.
+  if data_dir is None:
+    data_dir = tfds.core.constants.get_default_data_dir()
+  data_dir = os.path.expanduser(os.fspath(data_dir))
   try:
     train_source, test_source = tfds.data_source(
         full_name,
@@ -165,11 +173,10 @@ def load_tfds_images(name: str, data_dir: str | None = None) -> SourceData:
   except (KeyError, NotImplementedError, FileNotFoundError) as e:
     # tfds raises KeyError (no splits: nothing generated), NotImplementedError
     # (generated, but not in a random-access format) or FileNotFoundError.
-    searched = data_dir or tfds.core.constants.get_default_data_dir()
     raise TfdsDataNotFoundError(
         f"TFDS dataset {full_name!r} is not prepared in ArrayRecord format "
-        f"under data_dir {searched!r} (tfds said: {e}).\n"
-        + _prepare_instructions(full_name, searched)
+        f"under data_dir {data_dir!r} (tfds said: {e}).\n"
+        + _prepare_instructions(full_name, data_dir)
     ) from e
 
   num_classes = int(train_source.dataset_info.features["label"].num_classes)
