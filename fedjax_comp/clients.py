@@ -92,6 +92,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
 
   def client_update(params: Params, client: ClientArrays,
                     key: jax.Array) -> tuple[Params, ClientMetrics]:
+    client = jax.tree.map(jnp.asarray, client)  # host arrays cannot be indexed by tracers
     max_n = client.max_examples
     batch = max_n if batch_size is None else min(batch_size, max_n)
     n = client.num_examples

@@ -109,7 +109,7 @@ def fed_avg(init_params: Callable[[jax.Array], Params], client_update: ClientUpd
     updates, opt_state = server_optimizer.update(
         jax.tree.map(jnp.negative, mean_delta), state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    norm = optax.global_norm(mean_delta)
+    norm = optax.tree.norm(mean_delta)
     finite = jnp.isfinite(norm) & jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
     keep = lambda new, old: jnp.where(finite, new, old)

@@ -180,10 +180,17 @@ def load_federated(name: str, partition: str, *, num_clients: int, seed: int = 0
 
 
 def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int) -> jax.Array:
-  """`clients_per_round` distinct client ids, uniformly at random (jit-able)."""
+  """`clients_per_round` distinct client ids, uniformly at random (jit-able).
+
+  The ids of the `clients_per_round` largest of `num_clients` i.i.d. random
+  32-bit keys: a uniformly random subset, in random order. `lax.top_k` costs
+  O(num_clients log clients_per_round), where `jax.random.choice(...,
+  replace=False)` sorts a full permutation (6 ms for 10,000 clients on a CPU).
+  """
   if not 1 <= clients_per_round <= num_clients:
     raise ValueError(
         f"clients_per_round must be in [1, num_clients={num_clients}], got {clients_per_round}")
-  if clients_per_round == num_clients:
-    return jnp.arange(num_clients, dtype=jnp.int32)
-  return jax.random.choice(key, num_clients, (clients_per_round,), replace=False).astype(jnp.int32)
+  scores = jax.random.bits(key, (num_clients,), jnp.uint32)
+  # top_k wants a signed or float type: flip the sign bit to keep the order.
+  _, ids = jax.lax.top_k((scores ^ jnp.uint32(2**31)).view(jnp.int32), clients_per_round)
+  return ids.astype(jnp.int32)

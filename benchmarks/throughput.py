@@ -1,0 +1,180 @@
+r"""Client updates per second of the vmapped round against a per-client Python loop.
+
+::
+
+  python -m benchmarks.throughput --model=mlp --output_dir=results/throughput
+  python -m benchmarks.throughput --model=2nn --clients_per_round=1000
+
+For each size in ``--clients_per_round`` it times one FedAvg round (sample ->
+scan over vmapped chunks of client updates -> weighted mean -> server update)
+on synthetic inputs shaped for the model (40 features for ``mlp`` and
+``logistic``, 28x28 for ``2nn`` and ``cnn``, 32x32x3 for ``cifar_cnn``), each
+client holding ``--examples_per_client`` examples and taking
+``--local_steps`` steps of ``--batch_size``. In the same process it times the
+reference: a Python loop calling a jitted single-client update per client
+(FedJAX's default backend), on ``--loop_clients`` clients (its cost per client
+is flat in the number of clients). Compile time is reported apart; timings
+are the median of ``--repeats`` warm runs after ``block_until_ready``.
+
+Per size, metrics hold ``vmap_client_updates_per_sec``,
+``loop_client_updates_per_sec``, ``speedup_vs_loop``, ``sec_per_round``,
+``compile_s``, ``peak_rss_mb`` (the process's peak so far; sizes run in
+increasing order) and ``flop_efficiency``: useful FLOPs per second (3x the
+forward FLOPs of the examples trained on) over the rate of a dense
+2048x2048 float32 matmul timed in the same run.
+"""
+
+from __future__ import annotations
+
+from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
+
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+
+import fedjax_comp as fc
+from fedjax_comp import results
+from fedjax_comp.data.federated import ClientArrays
+
+_MODEL = flags.DEFINE_enum("model", "mlp", fc.MODELS, "Model.")
+_SIZES = flags.DEFINE_list("clients_per_round", ["10", "100", "1000", "10000"],
+                           "Clients per round to measure.")
+_EXAMPLES = flags.DEFINE_integer("examples_per_client", 20, "Examples per client.")
+_BATCH = flags.DEFINE_integer("batch_size", 10, "Local batch size.")
+_STEPS = flags.DEFINE_integer("local_steps", 2, "Local steps per client.")
+_CHUNK = flags.DEFINE_string("client_chunk", "auto", "Clients per vmapped block, or 'auto'.")
+_LOOP_CLIENTS = flags.DEFINE_integer("loop_clients", 200, "Clients timed in the Python loop.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/throughput", "Where results go.")
+
+INPUT_SHAPES = {"logistic": (40,), "mlp": (40,), "2nn": (28, 28), "cnn": (28, 28),
+                "cifar_cnn": (32, 32, 3)}
+
+
+def _median_time(fn, repeats: int) -> float:
+  times = []
+  for _ in range(repeats):
+    t = time.perf_counter()
+    jax.block_until_ready(fn())
+    times.append(time.perf_counter() - t)
+  return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def dense_matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  jax.block_until_ready(f(a))
+  return 2 * n**3 / _median_time(lambda: f(a), repeats) / 1e9
+
+
+def synthetic_clients(num_clients: int, examples: int, shape: tuple[int, ...],
+                      seed: int) -> ClientArrays:
+  rng = np.random.default_rng(seed)
+  return ClientArrays(
+      x=rng.standard_normal((num_clients, examples, *shape), np.float32),
+      y=rng.integers(0, 10, (num_clients, examples)).astype(np.int32),
+      num_examples=np.full((num_clients,), examples, np.int32))
+
+
+def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int,
+            local_steps: int, chunk: int | None, loop_clients: int, repeats: int,
+            seed: int, say=print) -> dict:
+  """Runs the measurements; returns the metrics dict of result.json."""
+  shape = INPUT_SHAPES[model_name]
+  model = fc.get_model(model_name, shape, 10)
+  backend = jax.default_backend()
+  chunk = chunk or fc.aggregation.default_chunk(model_name, backend)
+  mesh = fc.clients_mesh() if jax.device_count() > 1 else None
+  client_update = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.01),
+                                        batch_size=batch_size, local_steps=local_steps)
+  host_clients = synthetic_clients(max(sizes), examples, shape, seed)
+  clients = fc.replicate(host_clients, mesh)
+  params = model.init(jax.random.key(seed))
+  fwd_flops = jax.jit(model.apply).lower(
+      params, jnp.zeros((1, *shape))).compile().cost_analysis()["flops"]
+  useful_flops_per_client = 3 * fwd_flops * min(examples, batch_size) * local_steps
+  dense = dense_matmul_gflops()
+  say(f"{model_name}: {fc.num_params(params):,} params, chunk {chunk}, "
+      f"{jax.device_count()} {backend} device(s); dense matmul {dense:.1f} GFLOP/s")
+
+  # Reference: one jitted single-client update per client, called from Python.
+  codec = fc.identity()
+  round_key = jax.random.key(seed)
+  loop_n = min(loop_clients, max(sizes))
+  fc.loop_round_sums(client_update, codec, params, host_clients, range(2), round_key)
+  loop_s = _median_time(lambda: fc.loop_round_sums(
+      client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
+  loop_rate = loop_n / loop_s
+  say(f"python loop: {loop_rate:.0f} client updates/s ({loop_n} clients)")
+
+  out = {"dense_matmul_gflops": dense, "loop_client_updates_per_sec": loop_rate,
+         "client_chunk": chunk, "useful_flops_per_client": useful_flops_per_client}
+  for m in sizes:
+    algorithm = fc.fed_avg(model.init, client_update, fc.server_optimizer("fedavg", 1.0),
+                           clients_per_round=m, client_chunk=chunk, mesh=mesh)
+    state = algorithm.init(seed)
+    t = time.perf_counter()
+    round_fn = algorithm.round.lower(state, clients).compile()
+    compile_s = time.perf_counter() - t
+    jax.block_until_ready(round_fn(state, clients))  # warm-up
+    sec = _median_time(lambda: round_fn(state, clients), repeats)
+    rate = m / sec
+    entry = {
+        "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop_rate,
+        "speedup_vs_loop": rate / loop_rate, "sec_per_round": sec, "compile_s": compile_s,
+        "peak_rss_mb": peak_rss_mb(),
+        "flop_efficiency": useful_flops_per_client * rate / 1e9 / dense,
+    }
+    out[f"clients_{m}"] = entry
+    say(f"{m:6d} clients/round: {rate:9.0f} client updates/s  {sec * 1e3:9.1f} ms/round  "
+        f"x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
+        f"compile {compile_s:.1f}s  peak {entry['peak_rss_mb']:.0f} MB")
+  if len(sizes) > 1:
+    per_client = [1 / out[f"clients_{m}"]["vmap_client_updates_per_sec"] for m in sizes]
+    big = [m for m in sizes if m >= 1000]
+    if len(big) >= 2:
+      out["cost_per_client_ratio"] = (out[f"clients_{big[-1]}"]["sec_per_round"] / big[-1]) / (
+          out[f"clients_{big[0]}"]["sec_per_round"] / big[0])
+    del per_client
+  return out
+
+
+def main(argv):
+  del argv
+  sizes = sorted(int(s) for s in _SIZES.value)
+  if not sizes or sizes[0] < 1:
+    raise app.UsageError(f"--clients_per_round must be positive integers, got {_SIZES.value}")
+  for name, value in (("examples_per_client", _EXAMPLES.value), ("batch_size", _BATCH.value),
+                      ("local_steps", _STEPS.value), ("loop_clients", _LOOP_CLIENTS.value),
+                      ("repeats", _REPEATS.value)):
+    if value < 1:
+      raise app.UsageError(f"--{name} must be >= 1, got {value}")
+  chunk = None if _CHUNK.value == "auto" else int(_CHUNK.value)
+  recorder = results.RunRecorder(_OUTPUT_DIR.value, f"throughput_{_MODEL.value}")
+  metrics = measure(_MODEL.value, sizes, examples=_EXAMPLES.value, batch_size=_BATCH.value,
+                    local_steps=_STEPS.value, chunk=chunk, loop_clients=_LOOP_CLIENTS.value,
+                    repeats=_REPEATS.value, seed=_SEED.value)
+  for m in sizes:
+    recorder.log({"clients_per_round": m, **metrics[f"clients_{m}"]})
+  config = {"model": _MODEL.value, "clients_per_round": sizes,
+            "examples_per_client": _EXAMPLES.value, "batch_size": _BATCH.value,
+            "local_steps": _STEPS.value, "loop_clients": _LOOP_CLIENTS.value,
+            "repeats": _REPEATS.value}
+  path = recorder.finish(succeeded=True, metrics=metrics,
+                         extras={"config": config, "seed": _SEED.value, **results.environment()})
+  print(f"results: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
