@@ -11,7 +11,7 @@ name             optax transform (defaults from Reddi et al. 2020)
 ``fedavg``       ``sgd(lr)``
 ``fedavgm``      ``sgd(lr, momentum=0.9)``
 ``fedadam``      ``adam(lr, b1=0.9, b2=0.99, eps=1e-3)``
-``fedyogi``      ``yogi(lr, b1=0.9, b2=0.99, eps=1e-3)`` (optax starts v at 1e-6)
+``fedyogi``      ``yogi(lr, b1=0.9, b2=0.99, eps=1e-3)``
 ``fedadagrad``   ``adagrad(lr, initial_accumulator_value=1e-6, eps=1e-3)``
 ===============  ==========================================================
 
