@@ -21,6 +21,7 @@ from __future__ import annotations
 from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 
 import dataclasses
+import json
 import math
 import sys
 import time
@@ -230,7 +231,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
       *(f"{k:<28} {v:.4f}" if isinstance(v, float) else f"{k:<28} {v}"
         for k, v in final.items()),
       f"results: {path}"]))
-  return results.json.loads(path.read_text())
+  return json.loads(path.read_text())
 
 
 def config_from_flags() -> Config:
