@@ -182,15 +182,20 @@ def load_federated(name: str, partition: str, *, num_clients: int, seed: int = 0
 def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int) -> jax.Array:
   """`clients_per_round` distinct client ids, uniformly at random (jit-able).
 
-  The ids of the `clients_per_round` largest of `num_clients` i.i.d. random
-  32-bit keys: a uniformly random subset, in random order. `lax.top_k` costs
-  O(num_clients log clients_per_round), where `jax.random.choice(...,
-  replace=False)` sorts a full permutation (6 ms for 10,000 clients on a CPU).
+  The ids whose i.i.d. random 32-bit scores are at least the
+  `clients_per_round`-th largest score: a uniformly random subset, returned
+  in increasing id order (a round's result does not depend on the order).
+  Only ties at the threshold (probability below m * n / 2**32) would favour
+  smaller ids. One single-operand sort costs about 1 ms for 10,000 clients
+  on a CPU, where `jax.random.choice(..., replace=False)` and `lax.top_k`
+  (both index-carrying sorts) take 3.6-6 ms.
   """
   if not 1 <= clients_per_round <= num_clients:
     raise ValueError(
         f"clients_per_round must be in [1, num_clients={num_clients}], got {clients_per_round}")
+  if clients_per_round == num_clients:
+    return jnp.arange(num_clients, dtype=jnp.int32)
   scores = jax.random.bits(key, (num_clients,), jnp.uint32)
-  # top_k wants a signed or float type: flip the sign bit to keep the order.
-  _, ids = jax.lax.top_k((scores ^ jnp.uint32(2**31)).view(jnp.int32), clients_per_round)
+  threshold = jnp.sort(scores)[num_clients - clients_per_round]
+  (ids,) = jnp.nonzero(scores >= threshold, size=clients_per_round)
   return ids.astype(jnp.int32)
