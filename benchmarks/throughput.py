@@ -52,6 +52,9 @@ _CHUNK = flags.DEFINE_string("client_chunk", "auto", "Clients per vmapped block,
 _LOOP_CLIENTS = flags.DEFINE_integer("loop_clients", 200, "Clients timed in the Python loop.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+_COMPILE_ONLY = flags.DEFINE_bool(
+    "compile_only", False, "Only compile each round and report XLA's memory analysis "
+    "(for sizes too slow to run on this machine, e.g. the CNN at 10,000 clients on a CPU).")
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/throughput", "Where results go.")
 
 INPUT_SHAPES = {"logistic": (40,), "mlp": (40,), "2nn": (28, 28), "cnn": (28, 28),
@@ -89,7 +92,7 @@ def synthetic_clients(num_clients: int, examples: int, shape: tuple[int, ...],
 
 def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int,
             local_steps: int, chunk: int | None, loop_clients: int, repeats: int,
-            seed: int, say=print) -> dict:
+            seed: int, compile_only: bool = False, say=print) -> dict:
   """Runs the measurements; returns the metrics dict of result.json."""
   shape = INPUT_SHAPES[model_name]
   model = fc.get_model(model_name, shape, 10)
@@ -112,11 +115,13 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
   codec = fc.identity()
   round_key = jax.random.key(seed)
   loop_n = min(loop_clients, max(sizes))
-  fc.loop_round_sums(client_update, codec, params, host_clients, range(2), round_key)
-  loop_s = _median_time(lambda: fc.loop_round_sums(
-      client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
-  loop_rate = loop_n / loop_s
-  say(f"python loop: {loop_rate:.0f} client updates/s ({loop_n} clients)")
+  loop_rate = float("nan")
+  if not compile_only:
+    fc.loop_round_sums(client_update, codec, params, host_clients, range(2), round_key)
+    loop_s = _median_time(lambda: fc.loop_round_sums(
+        client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
+    loop_rate = loop_n / loop_s
+    say(f"python loop: {loop_rate:.0f} client updates/s ({loop_n} clients)")
 
   out = {"dense_matmul_gflops": dense, "loop_client_updates_per_sec": loop_rate,
          "client_chunk": chunk, "useful_flops_per_client": useful_flops_per_client}
@@ -127,20 +132,30 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
     t = time.perf_counter()
     round_fn = algorithm.round.lower(state, clients).compile()
     compile_s = time.perf_counter() - t
+    memory = round_fn.memory_analysis()
+    # Per device: arguments (the replicated client arrays dominate) + XLA temporaries.
+    xla_mb = (memory.argument_size_in_bytes + memory.temp_size_in_bytes +
+              memory.output_size_in_bytes) / 2**20
+    if compile_only:
+      out[f"clients_{m}"] = {"compile_s": compile_s, "xla_memory_mb_per_device": xla_mb,
+                             "xla_temp_mb_per_device": memory.temp_size_in_bytes / 2**20}
+      say(f"{m:6d} clients/round: compiled in {compile_s:.1f}s; XLA memory per device "
+          f"{xla_mb:.0f} MB (temporaries {memory.temp_size_in_bytes / 2**20:.0f} MB)")
+      continue
     jax.block_until_ready(round_fn(state, clients))  # warm-up
     sec = _median_time(lambda: round_fn(state, clients), repeats)
     rate = m / sec
     entry = {
         "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop_rate,
         "speedup_vs_loop": rate / loop_rate, "sec_per_round": sec, "compile_s": compile_s,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak_rss_mb(), "xla_memory_mb_per_device": xla_mb,
         "flop_efficiency": useful_flops_per_client * rate / 1e9 / dense,
     }
     out[f"clients_{m}"] = entry
     say(f"{m:6d} clients/round: {rate:9.0f} client updates/s  {sec * 1e3:9.1f} ms/round  "
         f"x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
         f"compile {compile_s:.1f}s  peak {entry['peak_rss_mb']:.0f} MB")
-  if len(sizes) > 1:
+  if len(sizes) > 1 and not compile_only:
     per_client = [1 / out[f"clients_{m}"]["vmap_client_updates_per_sec"] for m in sizes]
     big = [m for m in sizes if m >= 1000]
     if len(big) >= 2:
@@ -164,13 +179,13 @@ def main(argv):
   recorder = results.RunRecorder(_OUTPUT_DIR.value, f"throughput_{_MODEL.value}")
   metrics = measure(_MODEL.value, sizes, examples=_EXAMPLES.value, batch_size=_BATCH.value,
                     local_steps=_STEPS.value, chunk=chunk, loop_clients=_LOOP_CLIENTS.value,
-                    repeats=_REPEATS.value, seed=_SEED.value)
+                    repeats=_REPEATS.value, seed=_SEED.value, compile_only=_COMPILE_ONLY.value)
   for m in sizes:
     recorder.log({"clients_per_round": m, **metrics[f"clients_{m}"]})
   config = {"model": _MODEL.value, "clients_per_round": sizes,
             "examples_per_client": _EXAMPLES.value, "batch_size": _BATCH.value,
             "local_steps": _STEPS.value, "loop_clients": _LOOP_CLIENTS.value,
-            "repeats": _REPEATS.value}
+            "repeats": _REPEATS.value, "compile_only": _COMPILE_ONLY.value}
   path = recorder.finish(succeeded=True, metrics=metrics,
                          extras={"config": config, "seed": _SEED.value, **results.environment()})
   print(f"results: {path}")
