@@ -35,6 +35,8 @@ import fedjax_comp as fc
 from fedjax_comp import plotting, results
 from fedjax_comp.data import partition as partition_lib
 
+from benchmarks._parse import parse_batch_size, parse_chunk  # noqa: F401  (re-exported)
+
 _DATASET = flags.DEFINE_enum("dataset", "mnist1d", fc.data.DATASETS, "Dataset.")
 _PARTITION = flags.DEFINE_enum("partition", "dirichlet", partition_lib.PARTITIONS,
                                "How to split the train set into clients.")
@@ -114,30 +116,6 @@ class Config:
     if self.server_optimizer not in fc.SERVER_OPTIMIZERS:
       raise ValueError(f"unknown --server_optimizer {self.server_optimizer!r}; valid: "
                        f"{', '.join(fc.SERVER_OPTIMIZERS)}")
-
-
-def parse_batch_size(text: str) -> int | None:
-  if text.strip().lower() in ("inf", "none", "full"):
-    return None
-  try:
-    value = int(text)
-  except ValueError:
-    raise ValueError(f"--batch_size must be a positive integer or 'inf', got {text!r}") from None
-  if value < 1:
-    raise ValueError(f"--batch_size must be a positive integer or 'inf', got {text!r}")
-  return value
-
-
-def parse_chunk(text: str) -> int | None:
-  if text.strip().lower() == "auto":
-    return None
-  try:
-    value = int(text)
-  except ValueError:
-    raise ValueError(f"--client_chunk must be a positive integer or 'auto', got {text!r}") from None
-  if value < 1:
-    raise ValueError(f"--client_chunk must be a positive integer or 'auto', got {text!r}")
-  return value
 
 
 def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
