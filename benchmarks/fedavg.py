@@ -109,7 +109,7 @@ class Config:
     for ok, message in checks:
       if not ok:
         raise ValueError(message)
-    if self.dataset not in fc.data.DATASETS and self.dataset.split("/")[0] not in fc.data.DATASETS:
+    if self.dataset.split("/")[0].split(":")[0] not in fc.data.DATASETS:
       raise ValueError(f"unknown --dataset {self.dataset!r}; valid: {', '.join(fc.data.DATASETS)}")
     if self.model not in fc.MODELS:
       raise ValueError(f"unknown --model {self.model!r}; valid: {', '.join(fc.MODELS)}")
@@ -141,7 +141,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   test_batches = fc.batch_for_eval(data.test.x, data.test.y)
   state = algorithm.init(cfg.seed)
   num_params = fc.num_params(state.params)
-  uplink_bits = fc.payload_bits(jax.eval_shape(lambda p: p, state.params))
+  uplink_bits = fc.uplink_bits(fc.identity(), state.params)
   say(f"{cfg.dataset}/{cfg.partition}: {data.num_clients} clients, "
       f"{int(data.clients.num_examples.sum())} train / {len(data.test.y)} test examples; "
       f"{cfg.model} ({num_params:,} params); {cfg.clients_per_round} clients/round, "
@@ -152,7 +152,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   round_fn = algorithm.round.lower(state, clients).compile()
   compile_s = time.perf_counter() - t0
   history = {"round": [], "test_accuracy": []}
-  round_time, error, final = 0.0, None, None
+  round_time, error = 0.0, None
   last_eval = None
   for r in range(1, cfg.rounds + 1):
     t = time.perf_counter()
@@ -164,8 +164,10 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
               "num_clients": int(metrics.num_clients), "num_steps": int(metrics.num_steps),
               "uplink_bits": uplink_bits * int(metrics.num_clients)}
     if not (bool(metrics.finite) and np.isfinite(metrics.train_loss)):
-      error = (f"non-finite {'aggregate' if not metrics.finite else 'train loss'} at round {r}; "
-               f"the update was not applied. Try a smaller --client_lr or --server_lr.")
+      what = ("aggregate (the update was not applied)" if not metrics.finite
+              else "client train loss")
+      error = (f"non-finite {what} at round {r}; stopping. "
+               f"Try a smaller --client_lr or --server_lr.")
       record["error"] = error
       recorder.log(record)
       say(f"stopping: {error}")

@@ -47,6 +47,17 @@ def identity() -> Codec:
   )
 
 
+def uplink_bits(codec: Codec, params: Params) -> int:
+  """Exact bits one client uploads with `codec` for a model shaped like `params`.
+
+  Traces `codec.encode` abstractly (`jax.eval_shape`), so nothing runs; the
+  payload's static shapes and dtypes give the count.
+  """
+  key = jax.eval_shape(lambda: jax.random.key(0))
+  payload, _ = jax.eval_shape(codec.encode, key, params, codec.init(params))
+  return payload_bits(payload)
+
+
 def payload_bits(payload: Payload) -> int:
   """Exact bits of one client's payload, from its arrays' sizes and dtypes.
 

@@ -20,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -98,9 +99,6 @@ def fed_avg(init_params: Callable[[jax.Array], Params], client_update: ClientUpd
                        round=jnp.int32(0), seed_key=seed_key)
 
   def run_round(state: ServerState, clients: ClientArrays) -> tuple[ServerState, RoundMetrics]:
-    if clients_per_round > clients.num_clients:
-      raise ValueError(f"clients_per_round must be in [1, num_clients={clients.num_clients}], "
-                       f"got {clients_per_round}")
     round_key = keys.round_key(state.seed_key, state.round)
     ids = round_client_ids(state, clients.num_clients, clients_per_round)
     sums = aggregation.sum_client_updates(client_update, codec, state.params, clients, ids,
@@ -144,29 +142,26 @@ def loop_round_sums(client_update: ClientUpdateFn, codec: codecs.Codec, params: 
   return total
 
 
-_JIT_CACHE: dict = {}
-
-
+@functools.cache
 def _jitted_single_client(client_update, codec):
-  cache_key = (client_update, codec)
-  if cache_key not in _JIT_CACHE:
+  """One jit per (client_update, codec); written apart from `aggregation` on purpose,
+  so that the reference shares no code with the vmapped path it checks."""
 
-    @jax.jit
-    def one(params, client, round_key, cid):
-      ckey = keys.client_key(round_key, cid)
-      delta, metrics = client_update(params, client, ckey)
-      codec_key = keys.stream(ckey, keys.Stream.CODEC)
-      payload, _ = codec.encode(codec_key, delta, codec.init(delta))
-      decoded = codec.decode(codec_key, payload)
-      weight = client.num_examples.astype(jnp.float32)
-      live = weight > 0
-      return aggregation.ClientSums(
-          weighted_delta=jax.tree.map(lambda d: jnp.where(live, weight * d, 0.0), decoded),
-          weight=weight, weighted_loss=jnp.where(live, weight * metrics.train_loss, 0.0),
-          num_clients=live.astype(jnp.int32), num_steps=metrics.num_steps)
+  @jax.jit
+  def one(params, client, round_key, cid):
+    ckey = keys.client_key(round_key, cid)
+    delta, metrics = client_update(params, client, ckey)
+    codec_key = keys.stream(ckey, keys.Stream.CODEC)
+    payload, _ = codec.encode(codec_key, delta, codec.init(delta))
+    decoded = codec.decode(codec_key, payload)
+    weight = client.num_examples.astype(jnp.float32)
+    live = weight > 0
+    return aggregation.ClientSums(
+        weighted_delta=jax.tree.map(lambda d: jnp.where(live, weight * d, 0.0), decoded),
+        weight=weight, weighted_loss=jnp.where(live, weight * metrics.train_loss, 0.0),
+        num_clients=live.astype(jnp.int32), num_steps=metrics.num_steps)
 
-    _JIT_CACHE[cache_key] = one
-  return _JIT_CACHE[cache_key]
+  return one
 
 
 _add_sums = jax.jit(lambda a, b: jax.tree.map(jnp.add, a, b))
