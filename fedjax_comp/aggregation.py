@@ -66,8 +66,10 @@ def _chunk_sums(client_update: ClientUpdateFn, codec: Codec, params: Params,
   weight = clients.num_examples.astype(jnp.float32)
 
   def weighted_sum(d):
-    d = jnp.where((weight > 0).reshape((-1,) + (1,) * (d.ndim - 1)), d, 0)
-    return jnp.tensordot(weight, d.astype(jnp.float32), axes=1)
+    # Elementwise multiply + reduce (not a dot), so XLA fuses it with the
+    # delta's own subtraction: one pass over each client's parameters.
+    w = weight.reshape((-1,) + (1,) * (d.ndim - 1))
+    return jnp.sum(jnp.where(w > 0, w * d.astype(jnp.float32), 0.0), axis=0)
 
   return ClientSums(
       weighted_delta=jax.tree.map(weighted_sum, decoded),
