@@ -58,14 +58,53 @@ class _MLP(nn.Module):
     return nn.Dense(self.num_classes)(x)
 
 
+def _same_patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+  """[N, H, W, C] -> [N, H, W, C*kh*kw] "same" patches, features ordered (c, i, j).
+
+  Built from kh*kw shifted slices rather than `lax.conv_general_dilated_patches`:
+  autodiff then transposes it into pads and adds (a cheap col2im) instead of a
+  grouped convolution, which XLA's CPU backend runs about 3x slower.
+  """
+  n, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  shifted = [padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
+  return jnp.stack(shifted, axis=-1).reshape(n, h, w, c * kh * kw)
+
+
+class PatchConv(nn.Module):
+  """A "same"-padded, stride-1 convolution as image patches times a matrix (im2col).
+
+  Same parameters (``kernel`` [kh, kw, in, out], ``bias``) and outputs as
+  `flax.linen.Conv`, up to float summation order. Why: inside the round's
+  scan of vmapped clients, XLA's CPU backend computes the kernel gradient of
+  `lax.conv` as a convolution with an image-sized window, about 10x slower
+  than the patches-transpose-times-gradient matmul this layer produces
+  (measured 110 vs 16 ms for the CNN's second layer at batch 10).
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    channels = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, channels, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    patches = _same_patches(x, kh, kw)
+    matrix = kernel.transpose(2, 0, 1, 3).reshape(channels * kh * kw, self.features)
+    return patches @ matrix + bias
+
+
 class _McMahanCNN(nn.Module):
   num_classes: int
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(32, (5, 5), padding="SAME")(x))
+    x = nn.relu(PatchConv(32, (5, 5))(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(64, (5, 5), padding="SAME")(x))
+    x = nn.relu(PatchConv(64, (5, 5))(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(512)(x))
@@ -77,11 +116,11 @@ class _CifarCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    x = nn.relu(nn.Conv(32, (3, 3), padding="SAME")(x))
+    x = nn.relu(PatchConv(32, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(64, (3, 3), padding="SAME")(x))
+    x = nn.relu(PatchConv(64, (3, 3))(x))
     x = nn.max_pool(x, (2, 2), strides=(2, 2))
-    x = nn.relu(nn.Conv(64, (3, 3), padding="SAME")(x))
+    x = nn.relu(PatchConv(64, (3, 3))(x))
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(64)(x))
     return nn.Dense(self.num_classes)(x)
