@@ -123,10 +123,15 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       carry = (jax.tree.map(keep, new_p, p), jax.tree.map(keep, new_opt_state, opt_state))
       return carry, jnp.where(active, loss, 0.0)
 
+    # The first step is peeled out of the scan: there every client still holds
+    # the server's params, which `vmap` keeps unbatched, so its forward pass
+    # and input gradients are one matmul over the whole chunk's examples
+    # instead of a batch of per-client ones.
+    carry, first_loss = step((params, optimizer.init(params)), 0)
     # unroll=2: lets XLA fuse across step pairs and drop per-iteration carry
     # copies (about 7% on the CPU for the MLP, measured in one process).
-    (new_params, _), losses = lax.scan(step, (params, optimizer.init(params)),
-                                       jnp.arange(total_steps), unroll=2)
+    (new_params, _), losses = lax.scan(step, carry, jnp.arange(1, total_steps), unroll=2)
+    losses = jnp.concatenate([first_loss[None], losses])
     delta = jax.tree.map(jnp.subtract, new_params, params)
     num_steps = active_steps.astype(jnp.int32)
     train_loss = jnp.sum(losses) / jnp.maximum(num_steps, 1)
