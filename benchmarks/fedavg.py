@@ -139,7 +139,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
                          clients_per_round=cfg.clients_per_round, client_chunk=chunk, mesh=mesh)
   clients = fc.replicate(data.clients, mesh)
   test_batches = fc.batch_for_eval(data.test.x, data.test.y)
-  state = algorithm.init(cfg.seed)
+  state = fc.replicate(algorithm.init(cfg.seed), mesh)  # lives on the mesh: no per-call reshard
   num_params = fc.num_params(state.params)
   uplink_bits = fc.uplink_bits(fc.identity(), state.params)
   say(f"{cfg.dataset}/{cfg.partition}: {data.num_clients} clients, "

@@ -13,7 +13,8 @@ client holding ``--examples_per_client`` examples and taking
 ``--local_steps`` steps of ``--batch_size``. In the same process it times the
 reference: a Python loop calling a jitted single-client update per client
 (FedJAX's default backend), on ``--loop_clients`` clients (its cost per client
-is flat in the number of clients). Compile time is reported apart; timings
+is flat in the number of clients), timed again right before each size so that
+every ratio compares measurements taken moments apart. Compile time is reported apart; timings
 are the median of ``--repeats`` warm runs after ``block_until_ready``.
 
 Per size, metrics hold ``vmap_client_updates_per_sec``,
@@ -114,23 +115,26 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
       f"{jax.device_count()} {backend} device(s); dense matmul {dense:.1f} GFLOP/s")
 
   # Reference: one jitted single-client update per client, called from Python.
+  # Timed again right before each size, so each ratio compares two
+  # measurements taken moments apart on this noisy machine.
   codec = fc.identity()
   round_key = jax.random.key(seed)
   loop_n = min(loop_clients, max(sizes))
-  loop_rate = float("nan")
+
+  def loop_rate() -> float:
+    seconds = _median_time(lambda: fc.loop_round_sums(
+        client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
+    return loop_n / seconds
+
   if not compile_only:
     fc.loop_round_sums(client_update, codec, params, host_clients, range(2), round_key)
-    loop_s = _median_time(lambda: fc.loop_round_sums(
-        client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
-    loop_rate = loop_n / loop_s
-    say(f"python loop: {loop_rate:.0f} client updates/s ({loop_n} clients)")
 
-  out = {"dense_matmul_gflops": dense, "loop_client_updates_per_sec": loop_rate,
-         "client_chunk": chunk, "useful_flops_per_client": useful_flops_per_client}
+  out = {"dense_matmul_gflops": dense, "client_chunk": chunk, "loop_clients": loop_n,
+         "useful_flops_per_client": useful_flops_per_client}
   for m in sizes:
     algorithm = fc.fed_avg(model.init, client_update, fc.server_optimizer("fedavg", 1.0),
                            clients_per_round=m, client_chunk=chunk, mesh=mesh)
-    state = algorithm.init(seed)
+    state = fc.replicate(algorithm.init(seed), mesh)  # on the mesh: no per-call reshard
     t = time.perf_counter()
     round_fn = algorithm.round.lower(state, clients).compile()
     compile_s = time.perf_counter() - t
@@ -147,15 +151,16 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
     jax.block_until_ready(round_fn(state, clients))  # warm-up
     sec = _median_time(lambda: round_fn(state, clients), repeats)
     rate = m / sec
+    loop = loop_rate()
     entry = {
-        "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop_rate,
-        "speedup_vs_loop": rate / loop_rate, "sec_per_round": sec, "compile_s": compile_s,
+        "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop,
+        "speedup_vs_loop": rate / loop, "sec_per_round": sec, "compile_s": compile_s,
         "peak_rss_mb": peak_rss_mb(), "xla_memory_mb_per_device": xla_mb,
         "flop_efficiency": useful_flops_per_client * rate / 1e9 / dense,
     }
     out[f"clients_{m}"] = entry
     say(f"{m:6d} clients/round: {rate:9.0f} client updates/s  {sec * 1e3:9.1f} ms/round  "
-        f"x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
+        f"loop {loop:7.0f}/s  x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
         f"compile {compile_s:.1f}s  peak {entry['peak_rss_mb']:.0f} MB")
   big = [m for m in sizes if m >= 1000]
   if len(big) >= 2 and not compile_only:
