@@ -12,8 +12,15 @@ Dirichlet(0.5)-partitioned MNIST-1D, 2,000 clients, 100 per round, the MLP,
     --num_clients=100 --clients_per_round=10 --model=cnn --local_epochs=5 \
     --batch_size=10 --client_lr=0.05 --rounds=200 --data_dir=~/tensorflow_datasets
 
-Writes ``result.json``, ``metrics.jsonl`` (one line per round) and
-``accuracy.png`` to ``--output_dir``.
+Compressed uplinks (Konečný et al. 2016) are a flag away; see
+`fedjax_comp.codecs` for the spec grammar::
+
+  python -m benchmarks.fedavg --codec='hadamard,quantize(bits=2)'
+  python -m benchmarks.fedavg --codec='random_mask(p=0.25),quantize(bits=4)'
+
+Writes ``result.json``, ``metrics.jsonl`` (one line per round, with the
+round's and the cumulative uplink bytes) and ``accuracy.png`` to
+``--output_dir``.
 """
 
 from __future__ import annotations
@@ -59,6 +66,9 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "Evaluate every this many r
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/fedavg", "Where results go.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for image datasets.")
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Cap on examples per client.")
+_CODEC = flags.DEFINE_string(
+    "codec", "none", "Uplink codec spec, e.g. 'subsample(p=0.0625),hadamard,quantize(bits=2)' "
+    "or 'low_rank(rank=4)'; 'none' sends float32. Codecs: " + ", ".join(sorted(fc.codecs.REGISTRY)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,6 +92,7 @@ class Config:
   eval_every: int = 10
   data_dir: str | None = None
   max_examples: int | None = None
+  codec: str = "none"
   source_kwargs: dict = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
@@ -113,6 +124,10 @@ class Config:
       raise ValueError(f"unknown --dataset {self.dataset!r}; valid: {', '.join(fc.data.DATASETS)}")
     if self.model not in fc.MODELS:
       raise ValueError(f"unknown --model {self.model!r}; valid: {', '.join(fc.MODELS)}")
+    try:
+      fc.codecs.parse(self.codec)
+    except ValueError as e:
+      raise ValueError(f"--codec: {e}") from e
     if self.server_optimizer not in fc.SERVER_OPTIMIZERS:
       raise ValueError(f"unknown --server_optimizer {self.server_optimizer!r}; valid: "
                        f"{', '.join(fc.SERVER_OPTIMIZERS)}")
@@ -131,21 +146,27 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   backend = jax.default_backend()
   chunk = cfg.client_chunk or fc.aggregation.default_chunk(cfg.model, backend)
   mesh = fc.clients_mesh() if jax.device_count() > 1 else None
+  codec = fc.codecs.parse(cfg.codec)
   client_update = fc.make_client_update(
       fc.masked_cross_entropy(model), optax.sgd(cfg.client_lr),
-      local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, local_steps=cfg.local_steps)
+      local_epochs=cfg.local_epochs, batch_size=cfg.batch_size, local_steps=cfg.local_steps,
+      structure=codec.structure)
   algorithm = fc.fed_avg(model.init, client_update,
                          fc.server_optimizer(cfg.server_optimizer, cfg.server_lr),
-                         clients_per_round=cfg.clients_per_round, client_chunk=chunk, mesh=mesh)
+                         clients_per_round=cfg.clients_per_round, client_chunk=chunk,
+                         codec=codec, mesh=mesh)
   clients = fc.replicate(data.clients, mesh)
   test_batches = fc.batch_for_eval(data.test.x, data.test.y)
   state = fc.replicate(algorithm.init(cfg.seed), mesh)  # lives on the mesh: no per-call reshard
   num_params = fc.num_params(state.params)
-  uplink_bits = fc.uplink_bits(fc.identity(), state.params)
+  uplink_bits = fc.uplink_bits(codec, state.params)  # from the payload's real arrays
+  compression_ratio = fc.codecs.dense_bits(state.params) / uplink_bits
   say(f"{cfg.dataset}/{cfg.partition}: {data.num_clients} clients, "
       f"{int(data.clients.num_examples.sum())} train / {len(data.test.y)} test examples; "
       f"{cfg.model} ({num_params:,} params); {cfg.clients_per_round} clients/round, "
       f"chunk {chunk}, {jax.device_count()} {backend} device(s)")
+  say(f"codec {cfg.codec!r}: {uplink_bits:,} uplink bits per client per round "
+      f"({compression_ratio:.1f}x smaller than float32)")
 
   recorder = results.RunRecorder(output_dir, "fedavg")
   t0 = time.perf_counter()
@@ -153,16 +174,21 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   compile_s = time.perf_counter() - t0
   history = {"round": [], "test_accuracy": []}
   round_time, error = 0.0, None
+  total_uplink_bits = 0
   last_eval = None
   for r in range(1, cfg.rounds + 1):
     t = time.perf_counter()
     state, metrics = round_fn(state, clients)
     metrics = jax.device_get(metrics)
     round_time += time.perf_counter() - t
+    # Every client with data uploads one payload (an empty client sends nothing).
+    round_bits = uplink_bits * int(metrics.num_clients)
+    total_uplink_bits += round_bits
     record = {"round": r, "train_loss": float(metrics.train_loss),
               "update_norm": float(metrics.update_norm),
               "num_clients": int(metrics.num_clients), "num_steps": int(metrics.num_steps),
-              "uplink_bits": uplink_bits * int(metrics.num_clients)}
+              "uplink_bits": round_bits, "round_uplink_bytes": round_bits / 8,
+              "total_uplink_bytes": total_uplink_bits / 8}
     if not (bool(metrics.finite) and np.isfinite(metrics.train_loss)):
       what = ("aggregate (the update was not applied)" if not metrics.finite
               else "client train loss")
@@ -193,6 +219,9 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
       "client_updates_per_sec": cfg.clients_per_round * rounds_done / max(round_time, 1e-9),
       "compile_s": compile_s,
       "uplink_bits_per_client_round": uplink_bits,
+      "total_uplink_bytes": total_uplink_bits / 8,
+      "compression_ratio": compression_ratio,
+      "codec": cfg.codec,
       "num_params": num_params,
   }
   if error:
@@ -223,7 +252,7 @@ def config_from_flags() -> Config:
       client_lr=_CLIENT_LR.value, server_optimizer=_SERVER_OPT.value,
       server_lr=_SERVER_LR.value, model=_MODEL.value, client_chunk=parse_chunk(_CHUNK.value),
       seed=_SEED.value, eval_every=_EVAL_EVERY.value, data_dir=_DATA_DIR.value,
-      max_examples=_MAX_EXAMPLES.value)
+      max_examples=_MAX_EXAMPLES.value, codec=_CODEC.value)
 
 
 def main(argv):

@@ -8,7 +8,8 @@ server -> benchmarks. Importing the package pins the PRNG settings (see
 from fedjax_comp import keys  # first: pins the PRNG settings
 from fedjax_comp.aggregation import ClientSums, sum_client_updates, weighted_mean
 from fedjax_comp.clients import (ClientMetrics, make_client_update, masked_cross_entropy)
-from fedjax_comp.codecs import Codec, identity, payload_bits, uplink_bits
+from fedjax_comp.codecs import (Codec, Structure, chain, hadamard, identity, low_rank,
+                                payload_bits, quantize, random_mask, subsample, uplink_bits)
 from fedjax_comp.data import ClientArrays, FederatedDataset, load_federated
 from fedjax_comp.evaluation import EvalMetrics, batch_for_eval, evaluate
 from fedjax_comp.fedavg import (FederatedAlgorithm, RoundMetrics, ServerState, fed_avg,

@@ -1,0 +1,185 @@
+"""Kernel checks: FWHT against a dense float64 Hadamard, exact packing, quantizer properties."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_comp import kernels as K
+
+
+@pytest.mark.parametrize("d", [1, 2, 4, 8, 16, 32, 64, 512, 4096])
+def test_fwht_matches_dense_hadamard_in_float64(d):
+  x = np.random.default_rng(d).standard_normal((3, d))
+  ref = x @ K.hadamard_matrix(d).T / math.sqrt(d)
+  with jax.enable_x64(True):
+    y64 = np.asarray(K.fwht(jnp.asarray(x, jnp.float64)))
+    assert y64.dtype == np.float64
+  np.testing.assert_allclose(y64, ref, rtol=0, atol=1e-12)
+  y32 = np.asarray(K.fwht(jnp.asarray(x, jnp.float32)))
+  # float32 error grows ~ log2(d) ulps of the norm: a loose but real bound.
+  np.testing.assert_allclose(y32, ref, rtol=0, atol=1e-6 * (1 + math.log2(d)) * 4)
+
+
+def test_fwht_is_an_involution_and_orthonormal():
+  x = jax.random.normal(jax.random.key(0), (5, 1024))
+  y = K.fwht(x)
+  np.testing.assert_allclose(K.fwht(y), x, atol=2e-6)
+  np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
+
+
+def test_fwht_blocked_path_equals_unblocked():
+  # More rows than one lax.map block (2^20 / 512 = 2048 rows), and a ragged count.
+  x = jax.random.normal(jax.random.key(1), (2 * 2048 + 3, 512))
+  ref = np.asarray(x) @ K.hadamard_matrix(512) / math.sqrt(512)
+  np.testing.assert_allclose(K.fwht(x), ref, atol=1e-5)
+
+
+def test_fwht_rejects_bad_length_and_dtype():
+  with pytest.raises(ValueError, match="power-of-two"):
+    K.fwht(jnp.ones((3, 12)))
+  with pytest.raises(ValueError, match="floating-point"):
+    K.fwht(jnp.ones((3, 16), jnp.int32))
+
+
+@pytest.mark.parametrize("block", [None, 64])
+def test_rotate_pads_and_unrotate_crops(block):
+  key = jax.random.key(2)
+  x = jax.random.normal(key, (4, 1000))
+  y = K.rotate(key, x, block)
+  assert y.shape == (4, 1024)
+  np.testing.assert_allclose(K.unrotate(key, y, 1000, block), x, atol=3e-6)
+  # A different key gives a different rotation (signs from the key).
+  assert not np.allclose(K.rotate(jax.random.key(3), x, block), y)
+
+
+def test_rademacher_signs_are_balanced():
+  s = np.asarray(K.rademacher(jax.random.key(0), (100_000,)))
+  assert set(np.unique(s)) == {-1.0, 1.0}
+  assert abs(s.mean()) < 5 / math.sqrt(len(s))
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("n", [0, 1, 31, 32, 33, 1000])
+def test_pack_unpack_is_exact(bits, n):
+  codes = jax.random.randint(jax.random.key(bits * 1000 + n), (3, n), 0, 2**bits).astype(jnp.uint32)
+  words = K.pack(codes, bits)
+  assert words.dtype == jnp.uint32
+  assert words.shape == (3, bits, -(-n // 32))  # exactly b words per 32 codes
+  np.testing.assert_array_equal(K.unpack(words, bits, n), codes)
+
+
+def test_pack_uses_every_bit():
+  # All-ones codes fill every word completely: no packing waste.
+  for bits in range(1, 9):
+    words = K.pack(jnp.full((64,), 2**bits - 1, jnp.uint32), bits)
+    assert np.all(np.asarray(words) == 0xFFFFFFFF), bits
+
+
+def test_quantize_constant_vector_decodes_exactly():
+  x = jnp.full((2, 7), 3.25)
+  for bits in (1, 3, 8):
+    codes, lo, hi = K.quantize(jax.random.key(0), x, bits)
+    np.testing.assert_array_equal(K.dequantize(codes, lo, hi, bits), x)
+
+
+def test_stochastic_codes_are_floor_or_ceil_and_deterministic_is_nearest():
+  x = jax.random.normal(jax.random.key(0), (4, 257))
+  bits = 3
+  codes, lo, hi = K.quantize(jax.random.key(1), x, bits)
+  step = (hi - lo)[:, None] / 7
+  t = (x - lo[:, None]) / step
+  assert np.all((codes >= np.floor(t) - 1e-4) & (codes <= np.ceil(t) + 1e-4))
+  det, lo, hi = K.quantize(None, x, bits, stochastic=False)
+  err = np.abs(K.dequantize(det, lo, hi, bits) - x)
+  assert np.all(err <= step / 2 + 1e-5)
+
+
+def test_quantize_is_unbiased_and_variance_bounded():
+  """Mean over T independent dithers is within 5 sigma/sqrt(T) plus the 2^-25-step dither bias."""
+  x = jax.random.normal(jax.random.key(0), (64,)) ** 3  # a few large entries
+  bits, trials = 2, 4000
+  keys = jax.random.split(jax.random.key(1), trials)
+  xh = jax.vmap(lambda k: K.dequantize(*K.quantize(k, x, bits), bits))(keys)
+  step = float((x.max() - x.min()) / 3)
+  xh = np.asarray(xh, np.float64)
+  mean, sd = xh.mean(0), xh.std(0)
+  assert np.all(sd <= step / 2 + 1e-6)  # Bernoulli between adjacent levels
+  # 5 sigma of the mean, the dither's 2^-25-step bias, float32 rounding of x_hat.
+  tol = 5 * sd / math.sqrt(trials) + step * 2**-24 + 1e-6 * np.abs(np.asarray(x)) + 1e-7
+  assert np.all(np.abs(mean - np.asarray(x)) <= tol)
+
+
+def test_deterministic_quantize_fails_the_unbiasedness_check():
+  # The check above can fail: round-to-nearest is biased at a mid-step value.
+  x = jnp.array([0.0, 0.3, 1.0])
+  xh = K.dequantize(*K.quantize(None, x, 1, stochastic=False), 1)
+  assert abs(float(xh[1]) - 0.3) > 0.25
+
+
+def test_quantize_huge_nan_inf_policy():
+  codes, lo, hi = K.quantize(jax.random.key(0), jnp.array([3e38, -3e38, 0.0]), 1)
+  out = K.dequantize(codes, lo, hi, 1)
+  assert np.all(np.isfinite(out)) and out[0] == 3e38 and out[1] == -3e38
+  for bad in (jnp.nan, jnp.inf):
+    out = K.dequantize(*K.quantize(jax.random.key(0), jnp.array([1.0, bad, 0.0]), 4), 4)
+    assert np.all(np.isnan(out))  # never finite garbage
+
+
+@pytest.mark.parametrize("bits", [0, 9, 2.5, -1])
+def test_bad_bits(bits):
+  with pytest.raises(ValueError, match="bits must be an integer in 1..8"):
+    K.quantize(jax.random.key(0), jnp.ones(4), bits)
+
+
+def test_quantize_rejects_integer_input():
+  with pytest.raises(ValueError, match="floating-point"):
+    K.quantize(jax.random.key(0), jnp.ones(4, jnp.int32), 2)
+
+
+@pytest.mark.parametrize("n,k", [(10, 3), (16, 4), (7, 7), (1000, 63), (5, 1)])
+def test_stratified_indices_one_per_stratum_and_unbiased_weights(n, k):
+  idx, sizes = K.stratified_indices(jax.random.key(n * k), n, k)
+  idx, sizes = np.asarray(idx), np.asarray(sizes)
+  assert len(np.unique(idx)) == k and idx.min() >= 0 and idx.max() < n
+  assert sizes.sum() == n  # the strata partition [0, n)
+  starts = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(int)
+  assert np.all((idx >= starts) & (idx < starts + sizes))
+
+
+def test_stratified_inclusion_probability():
+  n, k, trials = 10, 3, 6000
+  keys = jax.random.split(jax.random.key(0), trials)
+  idx, sizes = jax.vmap(lambda key: K.stratified_indices(key, n, k))(keys)
+  counts = np.bincount(np.asarray(idx).ravel(), minlength=n) / trials
+  expect = np.repeat(1 / np.asarray(sizes[0]), np.asarray(sizes[0]).astype(int))
+  assert np.all(np.abs(counts - expect) < 5 * np.sqrt(expect * (1 - expect) / trials))
+
+
+def test_suresh_vnmse_bounds():
+  """vNMSE of stochastic quantization under the Suresh et al. bounds, with and without rotation."""
+  d, trials = 1024, 50
+  x = jax.random.normal(jax.random.key(0), (d,))
+  x = x.at[:4].mul(30.0)  # a few large entries: where rotation helps
+  keys = jax.random.split(jax.random.key(1), trials)
+  for bits in (1, 2, 4):
+    k = 2**bits
+
+    def plain(key):
+      return K.dequantize(*K.quantize(key, x, bits), bits)
+
+    def rotated(key):
+      kr, kq = jax.random.split(key)
+      y = K.rotate(kr, x)
+      return K.unrotate(kr, K.dequantize(*K.quantize(kq, y, bits), bits), d)
+
+    norm2 = float(jnp.sum(x**2))
+    v_plain = float(jnp.mean(jnp.sum((jax.vmap(plain)(keys) - x) ** 2, -1))) / norm2
+    v_rot = float(jnp.mean(jnp.sum((jax.vmap(rotated)(keys) - x) ** 2, -1))) / norm2
+    assert v_plain <= d / (2 * (k - 1) ** 2), (bits, v_plain)
+    assert v_rot <= (2 * math.log(d) + 2) / (k - 1) ** 2, (bits, v_rot)
+    assert v_rot < v_plain  # rotation spreads the large entries
