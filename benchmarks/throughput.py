@@ -45,20 +45,20 @@ from fedjax_comp.data.federated import ClientArrays
 
 from benchmarks._parse import parse_chunk
 
-_MODEL = flags.DEFINE_enum("model", "mlp", fc.MODELS, "Model.")
+_MODEL = flags.DEFINE_enum("model", "mlp", fc.MODELS, "Model.", allow_override=True)
 _SIZES = flags.DEFINE_list("clients_per_round", ["10", "100", "1000", "10000"],
-                           "Clients per round to measure.")
-_EXAMPLES = flags.DEFINE_integer("examples_per_client", 20, "Examples per client.")
-_BATCH = flags.DEFINE_integer("batch_size", 10, "Local batch size.")
-_STEPS = flags.DEFINE_integer("local_steps", 2, "Local steps per client.")
-_CHUNK = flags.DEFINE_string("client_chunk", "auto", "Clients per vmapped block, or 'auto'.")
-_LOOP_CLIENTS = flags.DEFINE_integer("loop_clients", 200, "Clients timed in the Python loop.")
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed.")
+                           "Clients per round to measure.", allow_override=True)
+_EXAMPLES = flags.DEFINE_integer("examples_per_client", 20, "Examples per client.", allow_override=True)
+_BATCH = flags.DEFINE_integer("batch_size", 10, "Local batch size.", allow_override=True)
+_STEPS = flags.DEFINE_integer("local_steps", 2, "Local steps per client.", allow_override=True)
+_CHUNK = flags.DEFINE_string("client_chunk", "auto", "Clients per vmapped block, or 'auto'.", allow_override=True)
+_LOOP_CLIENTS = flags.DEFINE_integer("loop_clients", 200, "Clients timed in the Python loop.", allow_override=True)
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.", allow_override=True)
+_SEED = flags.DEFINE_integer("seed", 0, "Seed.", allow_override=True)
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Only compile each round and report XLA's memory analysis "
-    "(for sizes too slow to run on this machine, e.g. the CNN at 10,000 clients on a CPU).")
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/throughput", "Where results go.")
+    "(for sizes too slow to run on this machine, e.g. the CNN at 10,000 clients on a CPU).", allow_override=True)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/throughput", "Where results go.", allow_override=True)
 
 INPUT_SHAPES = {"logistic": (40,), "mlp": (40,), "2nn": (28, 28), "cnn": (28, 28),
                 "cifar_cnn": (32, 32, 3)}

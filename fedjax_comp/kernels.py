@@ -36,11 +36,14 @@ Quantization (`quantize`, `dequantize`)
 Bit packing (`pack`, `unpack`)
   b-bit codes (1 <= b <= 8) are packed densely: every 32 codes take exactly b
   uint32 words, so n codes cost ``32 * b * ceil(n / 32)`` bits (only the last
-  group is padded). The layout is bit-planes, strided for SIMD: with G =
-  ceil(n / 32) groups, code ``i = r * G + g`` (r < 32) is group g's r-th code,
-  and word ``[j, g]`` of the ``[b, G]`` result holds bit j of group g's 32
-  codes, code r at bit r. Every step is a whole-array shift, mask or sum, so
-  it vectorizes and compiles in a fraction of a second for any b.
+  group is padded). The layout is strided for SIMD: with G = ceil(n / 32),
+  code ``i = r * G + g`` (r < 32) is group g's r-th code. A code's b bits are
+  split into power-of-two-wide fields (b = 7 is 1 + 2 + 4 bits; b = 2 is one
+  2-bit field); a w-bit field fills w words of the group, 32/w fields per
+  word, code r in word ``r // (32/w)`` at bit ``(r % (32/w)) * w``. The
+  fields' words stack into the ``[b, G]`` result. Every step is a
+  whole-array shift, mask or sum: it vectorizes, costs about one operation
+  per code and field, and compiles in a fraction of a second.
 
 Subsampling (`stratified_indices`)
   Keeps k of n coordinates, one drawn uniformly from each of k contiguous
@@ -62,6 +65,10 @@ from jax import lax
 # Floats per `lax.map` block in `fwht`: a block stays in the CPU's cache
 # across all butterfly stages (measured best at 2^20 on a 2-core EPYC).
 _FWHT_BLOCK_ELEMS = 2**20
+# Rows longer than this are split as H_d = H_(d/b) (x) H_b: the H_b part runs
+# in cache blocks, and only the last log2(d/b) stages stream the whole row.
+_FWHT_SPLIT_LEN = 2**16
+_FWHT_SPLIT_INNER = 2**14
 
 
 def is_pow2(n: int) -> bool:
@@ -102,8 +109,10 @@ def _butterflies(y: jax.Array, start: int) -> jax.Array:
   return y.reshape(rows, d)
 
 
-def _fwht_rows(y: jax.Array) -> jax.Array:
+def _fwht_rows(y: jax.Array, pre=None, post=None, normalize=True) -> jax.Array:
   rows, d = y.shape
+  if pre is not None:
+    y = y * pre
   if d >= 16:
     h16 = jnp.asarray(hadamard_matrix(16), y.dtype)
     # Full precision: ±1 entries, but a GPU's default matmul precision is reduced.
@@ -111,15 +120,36 @@ def _fwht_rows(y: jax.Array) -> jax.Array:
     y = _butterflies(y, 16)
   else:
     y = _butterflies(y, 1)
-  return y * jnp.asarray(1.0 / math.sqrt(d), y.dtype)
+  if not normalize:
+    return y
+  scale = jnp.asarray(1.0 / math.sqrt(d), y.dtype)
+  return y * (scale if post is None else post * scale)
 
 
-def fwht(x: jax.Array) -> jax.Array:
+def _fwht_blocked(y: jax.Array, pre=None, post=None, normalize=True) -> jax.Array:
+  """`_fwht_rows` over [rows, d] in `lax.map` blocks of about _FWHT_BLOCK_ELEMS floats."""
+  rows, d = y.shape
+  block_rows = max(1, _FWHT_BLOCK_ELEMS // d)
+  if rows <= block_rows:
+    return _fwht_rows(y, pre, post, normalize)
+  nblocks = -(-rows // block_rows)
+  pad = nblocks * block_rows - rows
+  if pad:
+    y = jnp.concatenate([y, jnp.zeros((pad, d), y.dtype)])
+  y = lax.map(lambda b: _fwht_rows(b, pre, post, normalize), y.reshape(nblocks, block_rows, d))
+  return y.reshape(-1, d)[:rows]
+
+
+def fwht(x: jax.Array, *, pre: jax.Array | None = None,
+         post: jax.Array | None = None) -> jax.Array:
   """Orthonormal fast Walsh-Hadamard transform over the last axis (an involution).
 
   Args:
     x: float array ``[..., d]`` with d a power of two. Computed in float32
       (float64 if `x` is float64), returned in x's dtype.
+    pre, post: optional ``[d]`` vectors multiplied in before / after the
+      transform, inside the same cache block (the rotation's signs), which
+      saves a pass over memory.
   """
   d = x.shape[-1]
   if not is_pow2(d):
@@ -130,18 +160,21 @@ def fwht(x: jax.Array) -> jax.Array:
   work = jnp.float64 if dtype == jnp.float64 else jnp.float32
   batch = x.shape[:-1]
   rows = math.prod(batch)
-  y = x.reshape(rows, d).astype(work)
-  if rows == 0 or d == 1:
+  if rows == 0:
     return x
-  block_rows = max(1, _FWHT_BLOCK_ELEMS // d)
-  if rows <= block_rows:
-    y = _fwht_rows(y)
+  y = x.reshape(rows, d).astype(work)
+  pre = None if pre is None else pre.astype(work)
+  post = None if post is None else post.astype(work)
+  if d > _FWHT_SPLIT_LEN:
+    inner = _FWHT_SPLIT_INNER
+    if pre is not None:
+      y = y * pre
+    y = _fwht_blocked(y.reshape(-1, inner), normalize=False).reshape(rows, d)
+    y = _butterflies(y, inner) * jnp.asarray(1.0 / math.sqrt(d), work)
+    if post is not None:
+      y = y * post
   else:
-    nblocks = -(-rows // block_rows)
-    pad = nblocks * block_rows - rows
-    if pad:
-      y = jnp.concatenate([y, jnp.zeros((pad, d), work)])
-    y = lax.map(_fwht_rows, y.reshape(nblocks, block_rows, d)).reshape(-1, d)[:rows]
+    y = _fwht_blocked(y, pre, post)
   return y.reshape(batch + (d,)).astype(dtype)
 
 
@@ -172,8 +205,12 @@ def rotate(key: jax.Array, x: jax.Array, block: int | None = None) -> jax.Array:
   y = x.astype(jnp.float32)
   if n > d:
     y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, n - d)])
-  y = y * rademacher(key, (n,))
-  y = fwht(y.reshape(y.shape[:-1] + (n // blk, blk)))
+  signs = rademacher(key, (n // blk, blk))
+  y = y.reshape(y.shape[:-1] + (n // blk, blk))
+  if n // blk == 1:
+    y = fwht(y, pre=signs[0])
+  else:
+    y = fwht(y * signs)
   return y.reshape(y.shape[:-2] + (n,))
 
 
@@ -183,9 +220,10 @@ def unrotate(key: jax.Array, y: jax.Array, d: int, block: int | None = None) -> 
   if n != rotated_length(d, block):
     raise ValueError(f"unrotate: got length {n}, expected {rotated_length(d, block)} for d={d}")
   blk = min(n, block or n)
-  x = fwht(y.astype(jnp.float32).reshape(y.shape[:-1] + (n // blk, blk)))
-  x = x.reshape(x.shape[:-2] + (n,)) * rademacher(key, (n,))
-  return x[..., :d]
+  signs = rademacher(key, (n // blk, blk))
+  x = y.astype(jnp.float32).reshape(y.shape[:-1] + (n // blk, blk))
+  x = fwht(x, post=signs[0]) if n // blk == 1 else fwht(x) * signs
+  return x.reshape(x.shape[:-2] + (n,))[..., :d]
 
 
 def rotated_length(d: int, block: int | None = None) -> int:
@@ -286,6 +324,16 @@ def packed_words(n: int, bits: int) -> int:
   return bits * (-(-n // 32))
 
 
+def _fields(bits: int) -> list[tuple[int, int]]:
+  """(bit offset, width) of the power-of-two-wide fields a `bits`-bit code splits into."""
+  out, offset = [], 0
+  for width in (1, 2, 4, 8):
+    if bits & width:
+      out.append((offset, width))
+      offset += width
+  return out
+
+
 def pack(codes: jax.Array, bits: int) -> jax.Array:
   """Packs `bits`-bit codes ``[..., n]`` (uint32 < 2^bits) into uint32 ``[..., bits, ceil(n/32)]``."""
   _check_bits(bits)
@@ -294,11 +342,15 @@ def pack(codes: jax.Array, bits: int) -> jax.Array:
   codes = codes.astype(jnp.uint32)
   if groups * 32 != n:
     codes = jnp.pad(codes, [(0, 0)] * (codes.ndim - 1) + [(0, groups * 32 - n)])
-  rows = codes.reshape(codes.shape[:-1] + (1, 32, groups))  # code r * G + g at [r, g]
-  plane = jnp.arange(bits, dtype=jnp.uint32)[:, None, None]
-  lane = jnp.arange(32, dtype=jnp.uint32)[:, None]
-  # Word j of group g: bit j of its 32 codes, code r at bit r (disjoint bits: sum == or).
-  return jnp.sum(((rows >> plane) & 1) << lane, axis=-2, dtype=jnp.uint32)
+  batch = codes.shape[:-1]
+  words = []
+  for offset, width in _fields(bits):
+    field = (codes >> offset) & jnp.uint32(2**width - 1) if bits != width else codes
+    per_word = 32 // width
+    rows = field.reshape(batch + (width, per_word, groups))  # code r*G+g at [r // per_word, r % per_word, g]
+    shifts = (jnp.arange(per_word, dtype=jnp.uint32) * width)[:, None]
+    words.append(jnp.sum(rows << shifts, axis=-2, dtype=jnp.uint32))  # disjoint bits: sum == or
+  return jnp.concatenate(words, axis=-2) if len(words) > 1 else words[0]
 
 
 def unpack(words: jax.Array, bits: int, n: int) -> jax.Array:
@@ -307,11 +359,17 @@ def unpack(words: jax.Array, bits: int, n: int) -> jax.Array:
   groups = words.shape[-1]
   if words.shape[-2] != bits or groups * 32 < n:
     raise ValueError(f"unpack: words of shape {words.shape} cannot hold {n} {bits}-bit codes")
-  plane = jnp.arange(bits, dtype=jnp.uint32)[:, None, None]
-  lane = jnp.arange(32, dtype=jnp.uint32)[:, None]
-  bits_of = ((words[..., :, None, :] >> lane) & 1) << plane  # [..., bits, 32, G]
-  codes = jnp.sum(bits_of, axis=-3, dtype=jnp.uint32)
-  return codes.reshape(words.shape[:-2] + (32 * groups,))[..., :n]
+  batch = words.shape[:-2]
+  codes, row = None, 0
+  for offset, width in _fields(bits):
+    per_word = 32 // width
+    w = words[..., row:row + width, None, :]  # [..., width, 1, G]
+    shifts = (jnp.arange(per_word, dtype=jnp.uint32) * width)[:, None]
+    field = ((w >> shifts) & jnp.uint32(2**width - 1)).reshape(batch + (32 * groups,))
+    part = field << offset if offset else field
+    codes = part if codes is None else codes | part
+    row += width
+  return codes[..., :n]
 
 
 def stratified_indices(key: jax.Array, n: int, k: int) -> tuple[jax.Array, jax.Array]:

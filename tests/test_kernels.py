@@ -39,6 +39,25 @@ def test_fwht_blocked_path_equals_unblocked():
   np.testing.assert_allclose(K.fwht(x), ref, atol=1e-5)
 
 
+def _numpy_fwht(x):
+  """Textbook butterflies in float64: the reference for lengths too big for a dense H."""
+  v, h, d = np.array(x, np.float64), 1, x.shape[-1]
+  while h < d:
+    v = v.reshape(v.shape[0], -1, 2, h)
+    v = np.stack([v[:, :, 0] + v[:, :, 1], v[:, :, 0] - v[:, :, 1]], axis=2)
+    h *= 2
+  return v.reshape(x.shape) / math.sqrt(d)
+
+
+def test_fwht_split_path_for_long_rows():
+  # Rows above 2^16 are split as H_(d/b) (x) H_b; check that path and pre/post.
+  x = np.random.default_rng(0).standard_normal((2, 2**17)).astype(np.float32)
+  signs = np.sign(np.random.default_rng(1).standard_normal(2**17)).astype(np.float32)
+  np.testing.assert_allclose(K.fwht(jnp.asarray(x)), _numpy_fwht(x), atol=2e-6)
+  np.testing.assert_allclose(K.fwht(jnp.asarray(x), pre=jnp.asarray(signs), post=jnp.asarray(signs)),
+                             _numpy_fwht(x * signs) * signs, atol=2e-6)
+
+
 def test_fwht_rejects_bad_length_and_dtype():
   with pytest.raises(ValueError, match="power-of-two"):
     K.fwht(jnp.ones((3, 12)))
