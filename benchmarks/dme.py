@@ -54,7 +54,6 @@ from __future__ import annotations
 from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 
 import dataclasses
-import inspect
 import json
 import math
 import statistics
@@ -160,24 +159,6 @@ def parse_codec_list(text: str) -> tuple[str, ...]:
   return tuple(s.strip() for s in text.split(";") if s.strip())
 
 
-def _stages(spec: str) -> list[tuple[str, dict]]:
-  """(name, kwargs with the factory's defaults filled in) per stage of a valid spec."""
-  if spec.strip().lower() in codecs._NONE:  # pylint: disable=protected-access
-    return []
-  out = []
-  for text in codecs._split_top(spec):  # pylint: disable=protected-access
-    m = codecs._STAGE.match(text)  # pylint: disable=protected-access
-    name, args = m.group(1), m.group(2)
-    factory = codecs.REGISTRY[name].factory
-    kwargs = {k: p.default for k, p in inspect.signature(factory).parameters.items()}
-    if args and args.strip():
-      for item in codecs._split_top(args):  # pylint: disable=protected-access
-        k, v = item.split("=", 1)
-        kwargs[k.strip()] = codecs._value(v)  # pylint: disable=protected-access
-    out.append((name, kwargs))
-  return out
-
-
 def suresh_bound(spec: str, dim: int) -> float | None:
   """Suresh et al.'s single-client bound on vNMSE for `spec`, or None where none applies.
 
@@ -186,7 +167,7 @@ def suresh_bound(spec: str, dim: int) -> float | None:
   (2^b - 1)², d the padded length. A blocked rotation (``block`` shorter
   than the vector) or any other composition gets None.
   """
-  stages = _stages(spec)
+  stages = codecs.parse_stages(spec, with_defaults=True)
   names = [name for name, _ in stages]
   if names == ["quantize"]:
     levels = 2**stages[0][1]["bits"] - 1

@@ -568,7 +568,7 @@ def _value(text: str):
     return t
 
 
-def _stage(text: str, spec: str) -> Codec:
+def _parse_stage(text: str, spec: str) -> tuple[str, dict]:
   m = _STAGE.match(text)
   if not m:
     raise ValueError(f"cannot parse codec stage {text.strip()!r} in spec {spec!r}; "
@@ -577,8 +577,7 @@ def _stage(text: str, spec: str) -> Codec:
   if name not in REGISTRY:
     raise ValueError(f"unknown codec {name!r} in spec {spec!r}; valid codecs: "
                      f"{', '.join(sorted(REGISTRY))}")
-  factory = REGISTRY[name].factory
-  valid = list(inspect.signature(factory).parameters)
+  valid = list(inspect.signature(REGISTRY[name].factory).parameters)
   kwargs = {}
   if args is not None and args.strip():
     for item in _split_top(args):
@@ -593,19 +592,38 @@ def _stage(text: str, spec: str) -> Codec:
       if k in kwargs:
         raise ValueError(f"codec {name!r}: parameter {k!r} given twice")
       kwargs[k] = _value(v)
-  return factory(**kwargs)
+  return name, kwargs
+
+
+def parse_stages(spec: str, *, with_defaults: bool = False) -> list[tuple[str, dict]]:
+  """The ``(name, kwargs)`` of each stage of `spec` (``[]`` for none), without building codecs.
+
+  With `with_defaults`, kwargs also hold the factory's defaults for the
+  parameters the spec leaves out. Raises ValueError like `parse`.
+  """
+  if not isinstance(spec, str):
+    raise ValueError(f"codec spec must be a string, got {type(spec).__name__}")
+  if spec.strip().lower() in _NONE:
+    return []
+  stages = _split_top(spec)
+  if any(not s.strip() for s in stages):
+    raise ValueError(f"empty stage in codec spec {spec!r}")
+  out = []
+  for text in stages:
+    name, kwargs = _parse_stage(text, spec)
+    if with_defaults:
+      params = inspect.signature(REGISTRY[name].factory).parameters
+      kwargs = {**{k: p.default for k, p in params.items()}, **kwargs}
+    out.append((name, kwargs))
+  return out
 
 
 def parse(spec: str) -> Codec:
   """A codec from a spec string (see the module docstring for the grammar)."""
-  if not isinstance(spec, str):
-    raise ValueError(f"codec spec must be a string, got {type(spec).__name__}")
-  if spec.strip().lower() in _NONE:
+  stages = parse_stages(spec)
+  if not stages:
     return identity()
-  stages = [s for s in _split_top(spec)]
-  if any(not s.strip() for s in stages):
-    raise ValueError(f"empty stage in codec spec {spec!r}")
-  return chain(*[_stage(s, spec) for s in stages])
+  return chain(*[REGISTRY[name].factory(**kwargs) for name, kwargs in stages])
 
 
 # ---------------------------------------------------------------- bit accounting
