@@ -19,8 +19,10 @@ Compressed uplinks (Konečný et al. 2016) are a flag away; see
   python -m benchmarks.fedavg --codec='random_mask(p=0.25),quantize(bits=4)'
 
 Writes ``result.json``, ``metrics.jsonl`` (one line per round, with the
-round's and the cumulative uplink bytes) and ``accuracy.png`` to
-``--output_dir``.
+round's and the cumulative uplink bytes), ``accuracy.png`` and
+``checkpoint.msgpack`` (every ``--checkpoint_every`` rounds and after the
+last) to ``--output_dir``. A killed run continues with ``--resume``, ending
+bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 import dataclasses
 import json
 import math
+import pathlib
 import sys
 import time
 
@@ -39,7 +42,7 @@ import optax
 from absl import app, flags
 
 import fedjax_comp as fc
-from fedjax_comp import plotting, results
+from fedjax_comp import checkpoint, plotting, results
 from fedjax_comp.data import partition as partition_lib
 
 from benchmarks._parse import parse_batch_size, parse_chunk  # noqa: F401  (re-exported)
@@ -66,6 +69,12 @@ _EVAL_EVERY = flags.DEFINE_integer("eval_every", 10, "Evaluate every this many r
 _OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/fedavg", "Where results go.", allow_override=True)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data_dir for image datasets.", allow_override=True)
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", None, "Cap on examples per client.", allow_override=True)
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 50, "Checkpoint the run every this many rounds (0: never; the last "
+    "round is always checkpointed).", allow_override=True)
+_RESUME = flags.DEFINE_bool(
+    "resume", False, "Continue from <output_dir>/checkpoint.msgpack if it exists.",
+    allow_override=True)
 _CODEC = flags.DEFINE_string(
     "codec", "none", "Uplink codec spec, e.g. 'subsample(p=0.0625),hadamard,quantize(bits=2)' "
     "or 'low_rank(rank=4)'; 'none' sends float32. Codecs: " + ", ".join(sorted(fc.codecs.REGISTRY)), allow_override=True)
@@ -93,6 +102,7 @@ class Config:
   data_dir: str | None = None
   max_examples: int | None = None
   codec: str = "none"
+  checkpoint_every: int = 50  # 0: only the last round
   source_kwargs: dict = dataclasses.field(default_factory=dict)
 
   def validate(self) -> None:
@@ -115,6 +125,8 @@ class Config:
         (self.client_chunk is None or self.client_chunk >= 1,
          f"--client_chunk must be >= 1 or 'auto', got {self.client_chunk}"),
         (self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}"),
+        (self.checkpoint_every >= 0,
+         f"--checkpoint_every must be >= 0 (0: last round only), got {self.checkpoint_every}"),
         (self.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {self.dirichlet_alpha}"),
     ]
     for ok, message in checks:
@@ -133,8 +145,26 @@ class Config:
                        f"{', '.join(fc.SERVER_OPTIMIZERS)}")
 
 
-def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
-  """Runs FedAvg with `cfg`, writing results to `output_dir`; returns result.json's content."""
+CHECKPOINT = "checkpoint.msgpack"
+# Config fields a resumed run may change (everything else must match the checkpoint).
+_RESUMABLE_CHANGES = ("rounds", "eval_every", "checkpoint_every")
+
+
+def _config_for_checkpoint(cfg: Config) -> dict:
+  d = dataclasses.asdict(cfg)
+  for k in _RESUMABLE_CHANGES:
+    d.pop(k)
+  return json.loads(json.dumps(d, default=str))
+
+
+def run(cfg: Config, output_dir: str, *, verbose: bool = True, resume: bool = False) -> dict:
+  """Runs FedAvg with `cfg`, writing results to `output_dir`; returns result.json's content.
+
+  With `resume`, continues from ``<output_dir>/checkpoint.msgpack`` (written
+  every ``cfg.checkpoint_every`` rounds and after the last): the final
+  parameters are bit-identical to an uninterrupted run's, and
+  ``metrics.jsonl`` holds every round exactly once.
+  """
   cfg.validate()
   say = print if verbose else (lambda *a, **k: None)
   data = fc.load_federated(cfg.dataset, cfg.partition, num_clients=cfg.num_clients,
@@ -168,15 +198,39 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   say(f"codec {cfg.codec!r}: {uplink_bits:,} uplink bits per client per round "
       f"({compression_ratio:.1f}x smaller than float32)")
 
-  recorder = results.RunRecorder(output_dir, "fedavg")
-  t0 = time.perf_counter()
-  round_fn = algorithm.round.lower(state, clients).compile()
-  compile_s = time.perf_counter() - t0
+  ckpt_path = pathlib.Path(output_dir) / CHECKPOINT
   history = {"round": [], "test_accuracy": []}
   round_time, error = 0.0, None
   total_uplink_bits = 0
   last_eval = None
-  for r in range(1, cfg.rounds + 1):
+  start_round = 0
+  if resume and ckpt_path.exists():
+    restored, meta = checkpoint.load(ckpt_path, jax.device_get(state))
+    if meta.get("config") != _config_for_checkpoint(cfg):
+      raise ValueError(f"--resume: {ckpt_path} was written with another configuration "
+                       f"({meta.get('config')}); only {', '.join(_RESUMABLE_CHANGES)} may change")
+    state = fc.replicate(restored, mesh)
+    start_round = int(meta["round"])
+    total_uplink_bits, round_time = int(meta["total_uplink_bits"]), float(meta["round_time"])
+    history, last_eval = meta["history"], meta["last_eval"]
+    last_eval = tuple(last_eval) if last_eval else None
+    say(f"resuming from round {start_round} ({ckpt_path})")
+  elif resume:
+    say(f"--resume: no {ckpt_path} yet; starting from round 0")
+  recorder = results.RunRecorder(output_dir, "fedavg",
+                                 resume_round=start_round if resume else None)
+
+  def save_checkpoint(r):
+    checkpoint.save(ckpt_path, state, {
+        "round": r, "total_uplink_bits": total_uplink_bits, "round_time": round_time,
+        "history": history, "last_eval": list(last_eval) if last_eval else None,
+        "config": _config_for_checkpoint(cfg)})
+
+  t0 = time.perf_counter()
+  round_fn = algorithm.round.lower(state, clients).compile()
+  compile_s = time.perf_counter() - t0
+  r = start_round
+  for r in range(start_round + 1, cfg.rounds + 1):
     t = time.perf_counter()
     state, metrics = round_fn(state, clients)
     metrics = jax.device_get(metrics)
@@ -205,12 +259,17 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
       history["round"].append(r)
       history["test_accuracy"].append(last_eval[0])
     recorder.log(record)
+    if cfg.checkpoint_every and r % cfg.checkpoint_every == 0 and r < cfg.rounds:
+      save_checkpoint(r)
+    done = r - start_round
     rate = cfg.clients_per_round * r / max(round_time, 1e-9)
-    eta = round_time / r * (cfg.rounds - r)
+    eta = round_time / r * (cfg.rounds - r) if done else 0.0
     acc = f"{last_eval[0]:.4f}" if last_eval else "  -   "
     say(f"round {r:5d}/{cfg.rounds}  test_acc {acc}  train_loss {record['train_loss']:.4f}  "
         f"{rate:9.0f} client updates/s  eta {eta:5.0f}s")
   rounds_done = r if error is None else r - 1
+  if error is None and rounds_done > start_round:
+    save_checkpoint(rounds_done)  # the last round, always
   final = {
       "final_test_accuracy": last_eval[0] if last_eval else None,
       "final_test_loss": last_eval[1] if last_eval else None,
@@ -252,7 +311,8 @@ def config_from_flags() -> Config:
       client_lr=_CLIENT_LR.value, server_optimizer=_SERVER_OPT.value,
       server_lr=_SERVER_LR.value, model=_MODEL.value, client_chunk=parse_chunk(_CHUNK.value),
       seed=_SEED.value, eval_every=_EVAL_EVERY.value, data_dir=_DATA_DIR.value,
-      max_examples=_MAX_EXAMPLES.value, codec=_CODEC.value)
+      max_examples=_MAX_EXAMPLES.value, codec=_CODEC.value,
+      checkpoint_every=_CHECKPOINT_EVERY.value)
 
 
 def main(argv):
@@ -261,7 +321,7 @@ def main(argv):
     cfg = config_from_flags()
   except ValueError as e:
     raise app.UsageError(str(e)) from e
-  result = run(cfg, _OUTPUT_DIR.value)
+  result = run(cfg, _OUTPUT_DIR.value, resume=_RESUME.value)
   if not result["succeeded"]:
     sys.exit(1)
 

@@ -52,10 +52,23 @@ takes the same thing as a spec string::
         "random_mask(p=0.25),quantize(bits=4)"
         "hadamard(flatten=true,block=1024),quantize(bits=2,stochastic=false)"
 
-Non-finite policy: a client update holding NaN or Inf decodes to a
-non-finite update (never to finite garbage: quantization sends an all-NaN
-leaf, subsampling poisons the kept values), so the round sees it and
-refuses the aggregate, and the runner stops naming the round.
+Input policy (checked by tests/test_hostile.py with hypothesis):
+
+* decode(encode(x)) has x's shape and dtype for any float dtype (float16,
+  bfloat16, float32), any shape (size 0 and 1 included); non-float inputs
+  raise ValueError.
+* A client update holding NaN or Inf decodes to a non-finite update, never
+  to finite garbage (quantization sends an all-NaN leaf, subsampling
+  poisons the kept values), so the round sees it, refuses the aggregate,
+  and the runner stops naming the round.
+* A finite input decodes to a finite output when its magnitude leaves room
+  for the codec's arithmetic, ``|x| <= finfo(dtype).max / (64 sqrt(n_pad))``
+  (rotation sums, 1/p rescaling); quantization alone is finite for any
+  finite input (its scale arithmetic cannot overflow). Beyond that bound
+  an unbiased estimate may not be representable in the dtype and overflows
+  to inf, which the round treats as any non-finite update.
+* Denormals may be flushed to zero (XLA's CPU default); zeros and constant
+  vectors round-trip exactly through quantization.
 """
 
 from __future__ import annotations

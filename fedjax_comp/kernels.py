@@ -294,6 +294,9 @@ def quantize(key: jax.Array | None, x: jax.Array, bits: int, *, stochastic: bool
   lo = jnp.min(x, axis=-1, initial=jnp.inf)
   hi = jnp.max(x, axis=-1, initial=-jnp.inf)
   lo, hi = jnp.minimum(lo, hi), jnp.maximum(lo, hi)  # empty vectors: inf, -inf -> ordered
+  # XLA:CPU's vectorized min/max reductions can drop a NaN: check explicitly.
+  finite = jnp.all(jnp.isfinite(x), axis=-1)
+  lo, hi = jnp.where(finite, lo, jnp.nan), jnp.where(finite, hi, jnp.nan)
   half_range = 0.5 * hi - 0.5 * lo  # never overflows
   # XLA's CPU division multiplies by the reciprocal, which flushes to zero
   # for ranges above ~1e38: rescale huge ranges by an exact power of two.

@@ -55,15 +55,35 @@ def environment() -> dict[str, Any]:
   }
 
 
-class RunRecorder:
-  """Writes one run's ``metrics.jsonl`` as it goes and its ``result.json`` at the end."""
+class ResultFileError(ValueError):
+  """A result or metrics file that is missing, truncated or not what it should be."""
 
-  def __init__(self, output_dir: str | os.PathLike, name: str):
+
+class RunRecorder:
+  """Writes one run's ``metrics.jsonl`` as it goes and its ``result.json`` at the end.
+
+  With ``resume_round=r`` it continues an interrupted run: lines for rounds
+  after r (logged after the last checkpoint, so about to be run again) and a
+  half-written last line are dropped, and new lines are appended, so every
+  round appears exactly once.
+  """
+
+  def __init__(self, output_dir: str | os.PathLike, name: str, *,
+               resume_round: int | None = None):
     self.dir = pathlib.Path(output_dir)
     self.dir.mkdir(parents=True, exist_ok=True)
     self.name = name
     self.start = time.time()
-    self._jsonl = open(self.dir / "metrics.jsonl", "w", encoding="utf-8")
+    path = self.dir / "metrics.jsonl"
+    if resume_round is None:
+      self._jsonl = open(path, "w", encoding="utf-8")
+      return
+    kept = [r for r in read_metrics(self.dir, allow_truncated_tail=True)
+            if r.get("round", 0) <= resume_round] if path.exists() else []
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
+    os.replace(tmp, path)
+    self._jsonl = open(path, "a", encoding="utf-8")
 
   def log(self, record: Mapping[str, Any]) -> None:
     self._jsonl.write(json.dumps(_jsonable(record)) + "\n")
@@ -82,6 +102,52 @@ class RunRecorder:
     return path
 
 
-def read_metrics(output_dir: str | os.PathLike) -> list[dict[str, Any]]:
+def read_metrics(output_dir: str | os.PathLike, *,
+                 allow_truncated_tail: bool = False) -> list[dict[str, Any]]:
+  """The records of ``<output_dir>/metrics.jsonl``.
+
+  Raises `ResultFileError` naming the file and line if it is missing or a
+  line is not JSON; with `allow_truncated_tail`, a broken *last* line (a run
+  killed mid-write) is dropped instead.
+  """
   path = pathlib.Path(output_dir) / "metrics.jsonl"
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  try:
+    lines = path.read_text(encoding="utf-8").splitlines()
+  except OSError as e:
+    raise ResultFileError(f"cannot read {path}: {e.strerror or e}") from e
+  except UnicodeDecodeError as e:
+    raise ResultFileError(f"{path} is not a text metrics file (bad UTF-8 at byte "
+                          f"{e.start})") from e
+  out = []
+  for i, line in enumerate(lines):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    except ValueError as e:
+      if allow_truncated_tail and i == len(lines) - 1:
+        break
+      raise ResultFileError(f"{path}: line {i + 1} is not a JSON record ({e}); the file is "
+                            "corrupt or was truncated") from e
+    out.append(record)
+  return out
+
+
+def read_result(output_dir: str | os.PathLike) -> dict[str, Any]:
+  """``<output_dir>/result.json``, checked; `ResultFileError` with the reason if it is bad."""
+  path = pathlib.Path(output_dir)
+  path = path if path.suffix == ".json" else path / "result.json"
+  try:
+    result = json.loads(path.read_text(encoding="utf-8"))
+  except OSError as e:
+    raise ResultFileError(f"cannot read {path}: {e.strerror or e}") from e
+  except (ValueError, UnicodeDecodeError) as e:
+    raise ResultFileError(f"{path} is not valid JSON ({e}); the file is corrupt or was "
+                          "truncated") from e
+  missing = [k for k in ("name", "succeeded", "metrics", "extras")
+             if not isinstance(result, dict) or k not in result]
+  if missing:
+    raise ResultFileError(f"{path} is not a fedjax_comp result: missing {', '.join(missing)}")
+  return result
