@@ -97,6 +97,7 @@ def _start_xla_on_one_thread():
   os.sched_setaffinity(0, {min(cpus)})
   try:
     import jax  # pylint: disable=g-import-not-at-top
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     jax.devices()
   finally:
     os.sched_setaffinity(0, cpus)
@@ -215,8 +216,10 @@ class Pair:
     self.calls = []
     for fn in self.fns:
       _seconds(fn)  # compiles
-      one = min(_seconds(fn) for _ in range(2))
-      self.calls.append(max(1, round(span_s / max(one, 1e-6))))
+      calls = 1
+      while (sec := _seconds(fn, calls)) < span_s / 4:
+        calls *= 2
+      self.calls.append(max(1, round(calls * span_s / sec)))
 
   def seconds(self) -> tuple[float, float]:
     samples = ([], [])
