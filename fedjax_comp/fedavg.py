@@ -94,7 +94,7 @@ def fed_avg(init_params: Callable[[jax.Array], Params], client_update: ClientUpd
 
   def init(seed: int) -> ServerState:
     seed_key = keys.seed_key(seed)
-    params = init_params(keys.init_key(seed_key))
+    params = jax.jit(init_params)(keys.init_key(seed_key))  # eager init compiles op by op
     return ServerState(params=params, opt_state=server_optimizer.init(params),
                        round=jnp.int32(0), seed_key=seed_key)
 
