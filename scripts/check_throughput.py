@@ -7,61 +7,78 @@ r"""CI throughput regression check: same-run ratios against a committed baseline
   .venv/bin/python scripts/check_throughput.py --inject_slowdown=fwht:3   # watch it fail
 
 The test suite says whether the code is right; this says whether it is still
-fast. It measures a handful of figures (`FIGURES`), prints a table of figure,
-measured value, baseline, allowed bound and PASS/FAIL, and exits 1 with a
-``REGRESSION: <figure> = <measured> > allowed <bound> (baseline <b>, tolerance
-+<t>%)`` line per figure that regressed past its tolerance. It takes about a
-minute on a 2-core CPU, compile included.
+fast. It measures the figures in `FIGURES`, prints a table of figure,
+measured value, baseline, allowed bound and PASS/FAIL, and exits 1 with a line
+``REGRESSION: fwht_ratio_to_copy = 54.1 > allowed 14 (baseline 9.32,
+tolerance +50%, lower_is_better)`` for each figure that regressed past its
+tolerance (2 on a usage error or an unusable baseline). It takes about 45 s on
+a 2-core CPU, compiles included.
 
 Why ratios, not times
   CI machines are noisy (this 2-core box read a dense matmul at 75-153
   GFLOP/s across runs, see WORKSPACE.md) and differ from each other, so an
   absolute time says little. Every figure is instead a ratio of two things
-  timed in the same process moments apart, interleaved call by call (subject,
-  reference, subject, ...) after a warm-up, each side the median of
-  ``repeats`` calls with `jax.block_until_ready`: load that slows both sides
-  cancels. The references are the ones the benchmarks already use: the
-  per-client Python loop `fedjax_comp.loop_round_sums` for the vmapped round
-  (`benchmarks.throughput`) and a copy ``-x`` of the same array for a kernel
-  (`benchmarks.kernels`).
+  timed in the same process moments apart: the vmapped round against the
+  per-client Python loop `fedjax_comp.loop_round_sums` (as in
+  `benchmarks.throughput`), a kernel against a copy ``-x`` of an array of
+  the same size (as in `benchmarks.kernels`). Both sides are warmed up
+  (compiled) first; then samples of the two alternate, each sample timing
+  back-to-back calls (each waited for with `jax.block_until_ready`) that
+  span about ``span_ms``, so a 2 ms copy and a 20 ms transform both see
+  many scheduler slices. A figure is the median over ``repeats`` pairs of
+  the quotient of two samples taken one right after the other: whatever
+  state the machine is in at that moment slows both alike and cancels.
 
-Why one XLA device
-  `benchmarks._cpu` splits a CPU host into one device per core, which is the
-  fastest set-up, but then the vmapped round runs on both cores while the
-  loop runs on one, and the ratio moves with whatever else holds the second
-  core. With a single device both sides share the same resources, so the
-  ratio is the more reproducible figure, and that is all a regression check
-  needs. ``FEDJAX_COMP_CPU_DEVICES`` (or ``XLA_FLAGS``) set in the
-  environment still wins; a baseline records the device count it was
-  measured with, and the check refuses to compare against a different one.
+Why one device, one thread, no async dispatch, a greedy allocator
+  What is left to control is how the two sides share the machine.
+  `benchmarks._cpu` splits a CPU host into one XLA device per core, the
+  fastest set-up, but then the round runs on both cores while the loop runs
+  on one, and the ratio moves with whatever else holds the second core: the
+  check uses one device (``FEDJAX_COMP_CPU_DEVICES`` set in the environment
+  still wins). It starts XLA's CPU client with one worker thread: a
+  multi-threaded op waits for its slowest thread, and on a busy machine
+  that thread loses whole scheduler slices (quantize+pack read 2-6x a copy
+  across runs that way). It turns off async dispatch
+  (``jax_cpu_enable_async_dispatch``), so the Python loop does not hand each
+  client's update to a second thread that must be woken up. It keeps glibc's
+  allocator from giving freed memory back to the OS, or a fresh 16 MB output
+  buffer may be page-faulted in on every call (a copy read 2.5 ms in one
+  process and 7 ms in the next), and each kernel figure cycles over a few
+  arrays in different places in memory. With all that, over runs on this
+  2-core machine under varying load each figure stayed within about +-15% of
+  its median. The figures are not the fastest set-up's numbers (the
+  benchmarks report those); they only have to move when the code gets
+  slower. A baseline records the execution set-up it was measured with, and
+  the check refuses to compare against another one.
 
 Direction and tolerance
   Each figure is ``higher_is_better`` (a speedup) or ``lower_is_better`` (a
-  cost relative to a copy), and has a relative tolerance t in its baseline:
-  a higher-is-better figure fails when ``measured < baseline * (1 - t)``, a
+  time relative to a copy), with a relative tolerance t in the baseline: a
+  higher-is-better figure fails when ``measured < baseline * (1 - t)``, a
   lower-is-better one when ``measured > baseline * (1 + t)``; the bound
-  itself passes. Tolerances are set wide enough for run-to-run noise and
-  tight enough that a 2x slower kernel or round fails (t < 1 for a cost, t <
-  0.5 for a speedup; the test suite checks both). A figure that fails is
+  itself passes. Tolerances are wide enough for run-to-run noise and tight
+  enough that a 2x slower kernel or round fails (t < 1 for a time ratio,
+  t < 0.5 for a speedup; the tests check both). A figure that fails is
   measured again, up to ``--retries`` times, and its best value is kept: a
-  passing burst of load does not fail CI, a real slowdown fails every time.
+  burst of load does not fail CI, a real slowdown fails every time.
 
 The baseline file
   ``benchmarks/baselines/throughput_cpu.json`` holds the config the figures
   were measured with (sizes, repeats), each figure's value, direction and
-  tolerance, and metadata (date, machine, jax version, command). The check
-  measures with the baseline's config, so a comparison is always like with
-  like. ``--update_baseline`` measures each figure ``--update_runs`` times,
-  writes the medians and keeps the tolerances; how and when to refresh is in
-  ``benchmarks/baselines/README.md``.
+  tolerance, and metadata (date, machine, jax version, command, execution
+  set-up). The check measures with the baseline's config, so a comparison is
+  always like with like. ``--update_baseline`` measures each figure
+  ``--update_runs`` times, writes the medians and keeps the tolerances; how
+  and when to refresh is in ``benchmarks/baselines/README.md``.
 
 Injecting a slowdown
-  ``--inject_slowdown=fwht:6`` (comma-separated ``kernel:n``, kernels in
-  `SLOWABLE`) makes that kernel do its work n times in sequence inside one
+  ``--inject_slowdown=fwht:6`` (comma-separated ``KERNEL:N``, kernels in
+  `SLOWABLE`) makes a kernel do its work N times in sequence inside one
   jitted call (a `lax.fori_loop` whose every pass takes the previous pass's
-  output, so XLA can neither merge nor drop passes), or runs the vmapped
-  round n times back to back. ``tests/test_check_throughput.py`` uses it to
-  show that the check fails on a genuinely slower kernel.
+  output, so XLA can neither merge nor drop passes), or runs a vmapped
+  round N times back to back, each on the previous round's state.
+  ``tests/test_check_throughput.py`` uses it to show that the check fails on
+  a genuinely slower kernel.
 
 Flags are parsed with argparse, not absl, so that `main(argv)` can be called
 from a test without touching the runners' global flag registry.
@@ -69,11 +86,12 @@ from a test without touching the runners' global flag registry.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 
-# A single XLA CPU device unless the environment says otherwise (see "Why one
-# XLA device"); this must happen before benchmarks._cpu and jax are imported.
+# One XLA CPU device unless the environment says otherwise; this must come
+# before benchmarks._cpu and jax are imported.
 os.environ.setdefault("FEDJAX_COMP_CPU_DEVICES", "1")
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -82,17 +100,25 @@ if _ROOT not in sys.path:
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
 
-def _start_xla_on_one_thread():
-  """Starts XLA's CPU client while this process may use one CPU only, then frees it again.
+def _quiet_process() -> bool:
+  """Makes this process time steadily (see "Why one device, one thread ..."); returns whether.
 
-  XLA sizes its CPU thread pool from the CPUs the process may run on when the
-  client starts. With one thread every op runs start to end on one core (see
-  "Why one thread"); with all CPUs back, the scheduler may run that thread on
-  whichever core is free. A no-op where jax was imported first (a test
-  process): its client may already exist.
+  Keeps glibc's allocator from returning freed memory to the OS, then starts
+  XLA's CPU client single-threaded and synchronous. XLA sizes its CPU thread
+  pool from the CPUs the process may run on when the client starts, so the
+  client starts while the process may use one CPU, which is then given back:
+  the scheduler may still run the one thread on whichever core is free. Not
+  done where jax was imported first (a test process importing this module):
+  its client may already exist.
   """
   if "jax" in sys.modules or not hasattr(os, "sched_setaffinity"):
-    return
+    return False
+  try:
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(-1, 2**30)  # M_TRIM_THRESHOLD: never trim the heap's top
+    libc.mallopt(-3, 2**25)  # M_MMAP_THRESHOLD: buffers up to 32 MB from the heap, no mmap
+  except (OSError, AttributeError):
+    pass  # not glibc
   cpus = os.sched_getaffinity(0)
   os.sched_setaffinity(0, {min(cpus)})
   try:
@@ -101,14 +127,16 @@ def _start_xla_on_one_thread():
     jax.devices()
   finally:
     os.sched_setaffinity(0, cpus)
+  return True
 
 
-if os.environ.get("FEDJAX_COMP_CHECK_THREADS", "1") == "1":
-  _start_xla_on_one_thread()
+ONE_THREAD = _quiet_process()
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
+import gc  # noqa: E402
+import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import platform  # noqa: E402
@@ -130,63 +158,69 @@ from benchmarks import throughput  # noqa: E402
 DEFAULT_BASELINE = os.path.join(_ROOT, "benchmarks", "baselines", "throughput_cpu.json")
 HIGHER = "higher_is_better"
 LOWER = "lower_is_better"
-_BITS = 2  # the quantizer width of the kernel figures (their names end in /2)
+_PLACES = 3  # arrays a kernel figure cycles over
+BITS = 2  # the quantizer width of the kernel figures (their names end in /2)
 
 
 @dataclasses.dataclass(frozen=True)
 class Figure:
   direction: str
-  tolerance: float  # the default for a new baseline entry; the baseline's own value wins
-  subject: str  # the kernel `--inject_slowdown` names to slow this figure down
+  tolerance: float  # for a new baseline entry; an existing entry's tolerance is kept
+  subject: str  # what `--inject_slowdown` names to slow this figure's subject down
   doc: str
 
 
 FIGURES = {
     "mlp_vmap_speedup_vs_loop": Figure(
         HIGHER, 0.35, "mlp_round",
-        "MLP client updates/s of the vmapped round over the per-client Python loop"),
+        "client updates/s of the vmapped MLP round over the per-client Python loop"),
     "logistic_vmap_speedup_vs_loop": Figure(
         HIGHER, 0.35, "logistic_round",
-        "logistic-regression client updates/s of the vmapped round over the loop"),
+        "client updates/s of the vmapped logistic-regression round over the loop"),
     "fwht_ratio_to_copy": Figure(
         LOWER, 0.5, "fwht", "time of kernels.fwht over a copy (-x) of the same array"),
-    f"quantize_pack_ratio_to_copy/{_BITS}": Figure(
+    f"quantize_pack_ratio_to_copy/{BITS}": Figure(
         LOWER, 0.5, "quantize_pack",
-        f"time of kernels.quantize + pack at {_BITS} bits over a copy of the input"),
-    f"unpack_dequantize_ratio_to_copy/{_BITS}": Figure(
+        f"time of kernels.quantize + pack ({BITS} bits) over a copy of the input"),
+    f"unpack_dequantize_ratio_to_copy/{BITS}": Figure(
         LOWER, 0.5, "unpack_dequantize",
-        f"time of kernels.unpack + dequantize at {_BITS} bits over a copy of the output"),
+        f"time of kernels.unpack + dequantize ({BITS} bits) over a copy of the output"),
 }
 SLOWABLE = sorted({f.subject for f in FIGURES.values()})
 
 
 @dataclasses.dataclass(frozen=True)
 class Config:
-  """What is measured; stored in the baseline, which the check then measures with."""
-  clients_per_round: int = 200  # the vmapped round
+  """What is measured; stored in the baseline, whose config the check then measures with."""
+  clients_per_round: int = 200  # the vmapped round (default client_chunk of the model)
   loop_clients: int = 50  # clients of the reference loop (its cost per client is flat)
   examples_per_client: int = 20
   batch_size: int = 10
   local_steps: int = 2
-  kernel_batch: int = 256  # kernels run on a [kernel_batch, kernel_dim] float32 array
+  kernel_batch: int = 256  # the kernels run on a [kernel_batch, kernel_dim] float32 array
   kernel_dim: int = 16384
-  repeats: int = 7  # samples per side of a ratio, alternating; medians are kept
-  span_ms: int = 60  # each sample times back-to-back calls spanning about this long
+  repeats: int = 15  # samples per side of a ratio, alternating (odd: a true median)
+  span_ms: int = 60  # one sample times back-to-back calls spanning about this long
   seed: int = 0
 
   @classmethod
   def from_dict(cls, d: dict) -> "Config":
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(d) - known
+    unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
     if unknown:
       raise ValueError(f"unknown config keys in the baseline: {sorted(unknown)}")
     cfg = cls(**d)
     for name, value in dataclasses.asdict(cfg).items():
-      if name != "seed" and (not isinstance(value, int) or value < 1):
+      if not isinstance(value, int) or value < (0 if name == "seed" else 1):
         raise ValueError(f"baseline config {name} must be a positive integer, got {value!r}")
     if not kernels.is_pow2(cfg.kernel_dim):
       raise ValueError(f"baseline config kernel_dim must be a power of two, got {cfg.kernel_dim}")
     return cfg
+
+
+def execution() -> dict:
+  """The set-up the ratios depend on; a baseline is only comparable under the same one."""
+  return {"backend": jax.default_backend(), "num_devices": jax.device_count(),
+          "one_thread": ONE_THREAD}
 
 
 # --------------------------------------------------------------------------- timing
@@ -204,37 +238,42 @@ class Pair:
   """A subject and a reference timed alternately: the two sides of one ratio.
 
   The constructor warms both up (compiling them) and picks, per side, how
-  many back-to-back calls make one sample span about `span_s` seconds, so a
-  short call and a long one both see many scheduler slices. `seconds()` then
-  alternates samples of the two sides, so both see the same load: a busy
-  machine slows both alike and their ratio keeps still while each time on
-  its own swings. It returns the median sample of each side, per call.
+  many back-to-back calls make a sample span about `span_s` seconds.
+  `ratio()` takes ``repeats`` samples of each side, alternating, and returns
+  the median over i of (subject sample i) / (reference sample i), per call:
+  two samples taken one right after the other see the same machine, so each
+  quotient cancels whatever state the machine was in at that moment.
   """
 
-  def __init__(self, subject, reference, repeats: int, span_s: float):
-    self.fns, self.repeats = (subject, reference), repeats
+  def __init__(self, subject, reference, repeats: int, span_s: float, say=None):
+    self.fns, self.repeats, self.say = (subject, reference), repeats, say
     self.calls = []
     for fn in self.fns:
       _seconds(fn)  # compiles
-      calls = 1
-      while (sec := _seconds(fn, calls)) < span_s / 4:
-        calls *= 2
-      self.calls.append(max(1, round(calls * span_s / sec)))
+      one = min(_seconds(fn) for _ in range(3))
+      self.calls.append(max(1, round(span_s / max(one, 1e-6))))
 
-  def seconds(self) -> tuple[float, float]:
+  def ratio(self) -> float:
     samples = ([], [])
-    for _ in range(self.repeats):
-      for fn, calls, out in zip(self.fns, self.calls, samples):
-        out.append(_seconds(fn, calls) / calls)
-    s, r = samples
-    if os.environ.get("CT_DEBUG"):
-      print(f"  DEBUG calls {self.calls} med/med {statistics.median(s)/statistics.median(r):.3f} "
-            f"min/min {min(s)/min(r):.3f} s {[round(v*1e3,2) for v in s]} r {[round(v*1e3,2) for v in r]}")
-    return statistics.median(s), statistics.median(r)
+    gc.collect()
+    gc.disable()  # as timeit does: a collection would land in one side's sample only
+    try:
+      for _ in range(self.repeats):
+        for fn, calls, out in zip(self.fns, self.calls, samples):
+          out.append(_seconds(fn, calls) / calls)
+    finally:
+      gc.enable()
+    ratio = statistics.median(s / r for s, r in zip(*samples))
+    if self.say:
+      sides = [f"{side} {statistics.median(s) * 1e3:.3g} ms x{calls} calls "
+               f"(samples {min(s) * 1e3:.3g}-{max(s) * 1e3:.3g})"
+               for side, calls, s in zip(("subject", "reference"), self.calls, samples)]
+      self.say(f"    {'; '.join(sides)}; ratio {ratio:.3g}")
+    return ratio
 
 
 def repeated(fn, n: int, feedback):
-  """`fn` done n times in sequence inside one call: an injected, genuine slowdown.
+  """`fn` done n times in sequence within one call: an injected, genuine slowdown.
 
   `feedback(args, out)` builds each pass's arguments from the previous pass's
   output, so XLA can neither merge the passes nor drop any of them.
@@ -256,8 +295,8 @@ def repeated(fn, n: int, feedback):
 # --------------------------------------------------------------------------- figures
 
 
-def _round_figure(model_name: str, cfg: Config, slowdown: int) -> Callable[[], float]:
-  """Returns a measurement of the vmapped round's speedup over the per-client loop."""
+def _round_figure(model_name: str, cfg: Config, slowdown: int, say) -> Callable[[], float]:
+  """Sets up the vmapped round's speedup over the per-client loop."""
   shape = throughput.INPUT_SHAPES[model_name]
   model = fc.get_model(model_name, shape, 10)
   chunk = fc.aggregation.default_chunk(model_name, jax.default_backend())
@@ -277,81 +316,102 @@ def _round_figure(model_name: str, cfg: Config, slowdown: int) -> Callable[[], f
 
   def vmapped_round():
     state = state0
-    for _ in range(slowdown):  # n rounds back to back, each on the previous one's state
+    for _ in range(slowdown):  # injected: rounds back to back, each on the last one's state
       state, _ = algorithm.round(state, clients)
     return state
 
-  def loop():  # as benchmarks.throughput times it: one jitted client update per client
+  def loop():  # FedJAX's way, as benchmarks.throughput times it
     return fc.loop_round_sums(client_update, codec, params, host_clients,
                               range(cfg.loop_clients), round_key)
 
-  pair = Pair(vmapped_round, loop, cfg.repeats, cfg.span_ms / 1e3)
+  pair = Pair(vmapped_round, loop, cfg.repeats, cfg.span_ms / 1e3, say)
 
-  def measure() -> float:
-    round_s, loop_s = pair.seconds()
-    return (m / round_s) / (cfg.loop_clients / loop_s)
+  def measure() -> float:  # (m / round seconds) / (loop clients / loop seconds)
+    return m / cfg.loop_clients / pair.ratio()
 
   return measure
 
 
-def _kernel_figure(name: str, cfg: Config, slowdown: int) -> Callable[[], float]:
-  """Returns a measurement of a kernel's time over a copy (``-x``) of the same array."""
+def _kernel_figure(name: str, cfg: Config, slowdown: int, say) -> Callable[[], float]:
+  """Sets up a kernel's time over a copy (``-x``) of an array of its input's (output's) size."""
   key = jax.random.key(cfg.seed)
-  x = jax.random.normal(jax.random.fold_in(key, 1), (cfg.kernel_batch, cfg.kernel_dim),
-                        jnp.float32)
+  # Calls cycle over a few arrays in different places in memory: how a copy's
+  # input and output buffers share the cache differs from place to place.
+  xs = [jax.random.normal(jax.random.fold_in(key, i), (cfg.kernel_batch, cfg.kernel_dim),
+                          jnp.float32) for i in range(_PLACES)]
 
   def quantize_pack(k, v):
-    codes, lo, hi = kernels.quantize(k, v, _BITS)
-    return kernels.pack(codes, _BITS), lo, hi
+    codes, lo, hi = kernels.quantize(k, v, BITS)
+    return kernels.pack(codes, BITS), lo, hi
 
   def unpack_dequantize(words, lo, hi):
-    return kernels.dequantize(kernels.unpack(words, _BITS, cfg.kernel_dim), lo, hi, _BITS)
+    return kernels.dequantize(kernels.unpack(words, BITS, cfg.kernel_dim), lo, hi, BITS)
 
+  # Each feedback is an identity XLA cannot prove (lo <= hi; decoded values are not
+  # NaN here), so that every injected pass depends on the one before.
   if name == "fwht":
     fn = repeated(kernels.fwht, slowdown, lambda args, out: (out,))
-    args = (x,)
+    args = [(x,) for x in xs]
   elif name == "quantize_pack":
-    # lo <= hi always, but XLA cannot know it: the next pass depends on this one.
-    fn = repeated(quantize_pack, slowdown,
-                  lambda args, out: (args[0], jnp.where((out[1] > out[2])[:, None], 0.0, args[1])))
-    args = (key, x)
+    fn = repeated(quantize_pack, slowdown, lambda args, out: (
+        args[0], jnp.where((out[1] > out[2])[:, None], 0.0, args[1])))
+    args = [(key, x) for x in xs]
   elif name == "unpack_dequantize":
-    fn = repeated(unpack_dequantize, slowdown,
-                  lambda args, out: (jnp.where(jnp.isnan(out[:, :1, None]), 0, args[0]),
-                                     *args[1:]))
-    args = jax.jit(quantize_pack)(key, x)
+    fn = repeated(unpack_dequantize, slowdown, lambda args, out: (
+        jnp.where(jnp.isnan(out[:, :1, None]), 0, args[0]), *args[1:]))
+    args = [jax.jit(quantize_pack)(key, x) for x in xs]
   else:
     raise ValueError(f"no kernel {name!r}")
   fn = jax.jit(fn)
   copy = jax.jit(lambda v: -v)
+  kernel_args, copy_args = itertools.cycle(args), itertools.cycle(xs)
+  pair = Pair(lambda: fn(*next(kernel_args)), lambda: copy(next(copy_args)), cfg.repeats,
+              cfg.span_ms / 1e3, say)
 
-  pair = Pair(lambda: fn(*args), lambda: copy(x), cfg.repeats, cfg.span_ms / 1e3)
-
-  def measure() -> float:
-    kernel_s, copy_s = pair.seconds()
-    return kernel_s / copy_s
-
-  return measure
+  return pair.ratio
 
 
-def make_figure(name: str, cfg: Config, slowdown: int = 1) -> Callable[[], float]:
-  """Sets up (builds the inputs for) figure `name`; returns a function measuring it once."""
+def make_figure(name: str, cfg: Config, slowdown: int = 1, say=None) -> Callable[[], float]:
+  """Sets up figure `name` (inputs, compiles, calibration); returns a function measuring it."""
   subject = FIGURES[name].subject
   if subject.endswith("_round"):
-    return _round_figure(subject[:-len("_round")], cfg, slowdown)
-  return _kernel_figure(subject, cfg, slowdown)
+    return _round_figure(subject[:-len("_round")], cfg, slowdown, say)
+  return _kernel_figure(subject, cfg, slowdown, say)
 
 
 # --------------------------------------------------------------------------- comparison
 
 
+def allowed_bound(baseline: float, direction: str, tolerance: float) -> float:
+  """The worst value that still passes."""
+  if direction == HIGHER:
+    return baseline * (1 - tolerance)
+  if direction == LOWER:
+    return baseline * (1 + tolerance)
+  raise ValueError(f"direction must be {HIGHER!r} or {LOWER!r}, got {direction!r}")
+
+
+def within(measured: float, baseline: float, direction: str, tolerance: float) -> bool:
+  """Whether `measured` is no worse than the allowed bound (the bound itself passes)."""
+  bound = allowed_bound(baseline, direction, tolerance)
+  if not math.isfinite(measured):
+    return False
+  return measured >= bound if direction == HIGHER else measured <= bound
+
+
+def better(a: float, b: float, direction: str) -> float:
+  return max(a, b) if direction == HIGHER else min(a, b)
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
+  """One figure's verdict; `baseline` is None when the baseline file lacks the figure."""
   figure: str
   measured: float
-  baseline: float | None
-  direction: str | None
-  tolerance: float | None
+  baseline: float | None = None
+  direction: str | None = None
+  tolerance: float | None = None
+  attempts: int = 1
 
   @property
   def bound(self) -> float | None:
@@ -369,55 +429,35 @@ class Row:
       return (f"REGRESSION: {self.figure} = {self.measured:.3g} has no baseline; "
               "add it with --update_baseline")
     op, sign = (">", "+") if self.direction == LOWER else ("<", "-")
+    tries = f"; best of {self.attempts} measurements" if self.attempts > 1 else ""
     return (f"REGRESSION: {self.figure} = {self.measured:.3g} {op} allowed {self.bound:.3g} "
             f"(baseline {self.baseline:.3g}, tolerance {sign}{self.tolerance:.0%}, "
-            f"{self.direction})")
+            f"{self.direction}{tries})")
 
 
-def allowed_bound(baseline: float, direction: str, tolerance: float) -> float:
-  """The worst value that still passes."""
-  if direction == HIGHER:
-    return baseline * (1 - tolerance)
-  if direction == LOWER:
-    return baseline * (1 + tolerance)
-  raise ValueError(f"direction must be {HIGHER!r} or {LOWER!r}, got {direction!r}")
-
-
-def within(measured: float, baseline: float, direction: str, tolerance: float) -> bool:
-  """Whether `measured` is no worse than the bound (the bound itself passes)."""
-  if not math.isfinite(measured):
-    return False
-  bound = allowed_bound(baseline, direction, tolerance)
-  return measured >= bound if direction == HIGHER else measured <= bound
-
-
-def compare(measured: dict[str, float], baseline: dict) -> list[Row]:
-  """One `Row` per measured figure against the baseline file's ``figures`` entries."""
+def compare(measured: dict[str, float], baseline: dict,
+            attempts: dict[str, int] | None = None) -> list[Row]:
+  """One `Row` per measured figure, against the baseline file's ``figures`` entries."""
   rows = []
   for name, value in measured.items():
     entry = baseline.get("figures", {}).get(name)
+    tries = (attempts or {}).get(name, 1)
     if entry is None:
-      rows.append(Row(name, value, None, None, None))
+      rows.append(Row(name, value, attempts=tries))
     else:
       rows.append(Row(name, value, float(entry["value"]), entry["direction"],
-                      float(entry["tolerance"])))
+                      float(entry["tolerance"]), tries))
   return rows
 
 
-def better(a: float, b: float, direction: str) -> float:
-  return max(a, b) if direction == HIGHER else min(a, b)
-
-
-def format_table(rows: list[Row], attempts: dict[str, int] | None = None) -> str:
-  attempts = attempts or {}
-  lines = [f"{'figure':<36} {'measured':>9} {'baseline':>9} {'allowed':>11}  result",
-           "-" * 76]
+def format_table(rows: list[Row]) -> str:
+  lines = [f"{'figure':<36} {'measured':>9} {'baseline':>9} {'allowed':>11}  result", "-" * 76]
   for r in rows:
     if r.baseline is None:
       lines.append(f"{r.figure:<36} {r.measured:9.3g} {'-':>9} {'-':>11}  FAIL (no baseline)")
       continue
     op = ">=" if r.direction == HIGHER else "<="
-    note = f" (best of {attempts[r.figure]})" if attempts.get(r.figure, 1) > 1 else ""
+    note = f" (best of {r.attempts})" if r.attempts > 1 else ""
     lines.append(f"{r.figure:<36} {r.measured:9.3g} {r.baseline:9.3g} {op:>2} {r.bound:8.3g}  "
                  f"{'PASS' if r.passed else 'FAIL'}{note}")
   return "\n".join(lines)
@@ -435,7 +475,7 @@ def load_baseline(path: str) -> dict:
     missing = {"value", "direction", "tolerance"} - set(entry)
     if missing:
       raise ValueError(f"{path}: figure {name} lacks {sorted(missing)}")
-    allowed_bound(1.0, entry["direction"], 0.0)  # validates the direction
+    allowed_bound(1.0, entry["direction"], 0.0)  # checks the direction
     if not 0 <= entry["tolerance"] < (1 if entry["direction"] == HIGHER else math.inf):
       raise ValueError(f"{path}: figure {name} has tolerance {entry['tolerance']}")
   return baseline
@@ -451,28 +491,37 @@ def _machine() -> dict:
   return {"cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform()}
 
 
+def _sig(v: float) -> float:
+  return float(f"{v:.4g}")
+
+
 def updated_baseline(old: dict, cfg: Config, runs: dict[str, list[float]], argv) -> dict:
-  """The baseline with this run's medians; tolerances, directions and other figures kept."""
+  """The baseline with this run's medians; tolerances and unmeasured figures kept."""
   figures = dict(old.get("figures", {}))
   for name, values in runs.items():
     figure = FIGURES[name]
-    tolerance = figures.get(name, {}).get("tolerance", figure.tolerance)
-    figures[name] = {"value": round(statistics.median(values), 4), "direction": figure.direction,
-                     "tolerance": tolerance, "runs": [round(v, 4) for v in values],
-                     "doc": figure.doc}
-  env = results.environment()
+    figures[name] = {
+        "value": _sig(statistics.median(values)), "direction": figure.direction,
+        "tolerance": figures.get(name, {}).get("tolerance", figure.tolerance),
+        "runs": [_sig(v) for v in values], "doc": figure.doc}
   return {
       "about": "Baseline of scripts/check_throughput.py; see benchmarks/baselines/README.md.",
       "metadata": {
           "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-          "machine": _machine(), "jax_version": env["jax_version"],
-          "backend": env["backend"], "num_devices": env["num_devices"],
-          "command": " ".join(["python scripts/check_throughput.py", *map(shlex.quote, argv)]),
-          "runs_per_figure": max(len(v) for v in runs.values()),
+          "machine": _machine(), "jax_version": jax.__version__, "execution": execution(),
+          "command": " ".join([".venv/bin/python scripts/check_throughput.py",
+                               *map(shlex.quote, argv)]),
       },
       "config": dataclasses.asdict(cfg),
       "figures": dict(sorted(figures.items())),
   }
+
+
+def _write_json(path: str, obj: dict):
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f, indent=2)
+    f.write("\n")
 
 
 # --------------------------------------------------------------------------- driver
@@ -483,33 +532,31 @@ def parse_slowdown(text: str) -> dict[str, int]:
   out = {}
   for part in filter(None, (p.strip() for p in text.split(","))):
     name, _, n = part.partition(":")
-    try:
-      times = int(n)
-    except ValueError:
-      times = 0
-    if name not in SLOWABLE or times < 1:
+    if name not in SLOWABLE or not n.isdigit() or int(n) < 1:
       raise ValueError(f"--inject_slowdown entries are KERNEL:N with N >= 1 and KERNEL one of "
                        f"{', '.join(SLOWABLE)}; got {part!r}")
-    out[name] = times
+    out[name] = int(n)
   return out
 
 
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(
-      prog="check_throughput.py", description=__doc__.split("\n\n")[2].strip(),
-      formatter_class=argparse.RawDescriptionHelpFormatter)
+      prog="check_throughput.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+      description="CI throughput regression check: same-run ratios against a committed "
+                  "baseline (see the module docstring and benchmarks/baselines/README.md).")
   p.add_argument("--baseline", default=DEFAULT_BASELINE, help="Baseline JSON file.")
   p.add_argument("--update_baseline", action="store_true",
                  help="Rewrite the baseline from this run (tolerances kept) instead of checking.")
   p.add_argument("--update_runs", type=int, default=3,
                  help="With --update_baseline: measurements per figure; the median is written.")
-  p.add_argument("--output", help="Write this run's measurements and verdicts to this JSON file.")
+  p.add_argument("--output", help="Also write this run's measurements and verdicts as JSON.")
   p.add_argument("--figures", default=",".join(FIGURES),
                  help="Comma-separated figures to measure (default: all).")
   p.add_argument("--retries", type=int, default=2,
                  help="Times a failing figure is measured again (its best value is kept).")
   p.add_argument("--inject_slowdown", default="",
-                 help=f"KERNEL:N[,...]: make KERNEL do its work N times (one of {SLOWABLE}).")
+                 help=f"KERNEL:N[,...]: KERNEL does its work N times; one of {SLOWABLE}.")
+  p.add_argument("--verbose", action="store_true", help="Print set-up times and raw samples.")
   return p
 
 
@@ -532,80 +579,71 @@ def main(argv: list[str] | None = None) -> int:
     else:
       raise ValueError(f"no baseline at {args.baseline}; create one with --update_baseline")
     cfg = Config.from_dict(baseline.get("config", {}))
-    devices = baseline.get("metadata", {}).get("num_devices")
-    if devices is not None and devices != jax.device_count() and not args.update_baseline:
-      raise ValueError(f"the baseline was measured on {devices} XLA device(s), this run has "
-                       f"{jax.device_count()}; unset FEDJAX_COMP_CPU_DEVICES / XLA_FLAGS' device "
-                       "count, or refresh the baseline")
-  except (ValueError, OSError, json.JSONDecodeError) as e:
+    then = baseline.get("metadata", {}).get("execution")
+    if then is not None and then != execution() and not args.update_baseline:
+      raise ValueError(f"the baseline was measured with {then}, this run has {execution()}: "
+                       "the ratios are not comparable. Run the script as CI does (without "
+                       "FEDJAX_COMP_CPU_DEVICES or a device count in XLA_FLAGS), or refresh "
+                       "the baseline")
+  except (ValueError, TypeError, OSError) as e:  # json.JSONDecodeError is a ValueError
     print(f"check_throughput: error: {e}", file=sys.stderr)
     return 2
+  say = print if args.verbose else None
   if slowdown:
-    print(f"INJECTED SLOWDOWN: {slowdown} (for testing the check)")
-  print(f"{jax.device_count()} {jax.default_backend()} device(s), jax {jax.__version__}; "
-        f"config {dataclasses.asdict(cfg)}")
+    print(f"INJECTED SLOWDOWN: {slowdown} (to test the check itself)")
+  print(f"execution {execution()}, jax {jax.__version__}; config {dataclasses.asdict(cfg)}")
 
   start = time.perf_counter()
   measures = {}
   for n in names:
     t = time.perf_counter()
-    measures[n] = make_figure(n, cfg, slowdown.get(FIGURES[n].subject, 1))
-    if os.environ.get("CT_DEBUG"):
-      print(f"  DEBUG setup {n} {time.perf_counter() - t:.1f}s")
+    measures[n] = make_figure(n, cfg, slowdown.get(FIGURES[n].subject, 1), say)
+    if say:
+      say(f"  {n}: set up in {time.perf_counter() - t:.1f}s")
+
   if args.update_baseline:
-    runs = {n: [measure() for _ in range(args.update_runs)] for n, measure in measures.items()}
+    runs = {}
+    for n, measure in measures.items():
+      runs[n] = [measure() for _ in range(args.update_runs)]
     new = updated_baseline(baseline, cfg, runs, argv)
-    os.makedirs(os.path.dirname(os.path.abspath(args.baseline)), exist_ok=True)
-    with open(args.baseline, "w") as f:
-      json.dump(new, f, indent=2)
-      f.write("\n")
+    _write_json(args.baseline, new)
     for n, values in runs.items():
       old = baseline.get("figures", {}).get(n, {}).get("value")
-      print(f"{n:<36} {new['figures'][n]['value']:9.3g}  (runs {', '.join(f'{v:.3g}' for v in values)}"
-            f"{'' if old is None else f'; was {old:.3g}'})")
+      print(f"{n:<36} {new['figures'][n]['value']:9.4g}  runs "
+            f"{', '.join(f'{v:.3g}' for v in values)}{'' if old is None else f'; was {old:.4g}'}")
     print(f"baseline written: {args.baseline} ({time.perf_counter() - start:.0f}s)")
-    _write_output(args.output, cfg, {n: statistics.median(v) for n, v in runs.items()}, None, runs)
+    if args.output:
+      _write_json(args.output, {"config": dataclasses.asdict(cfg), "execution": execution(),
+                                "runs": runs})
     return 0
 
   measured, attempts, trials = {}, {}, {}
   for n, measure in measures.items():
-    entry, direction = baseline["figures"].get(n), FIGURES[n].direction
+    entry = baseline.get("figures", {}).get(n)
     trials[n] = [measure()]
     best = trials[n][0]
     while (entry is not None and len(trials[n]) <= args.retries and
            not within(best, entry["value"], entry["direction"], entry["tolerance"])):
       trials[n].append(measure())
-      best = better(best, trials[n][-1], direction)
+      best = better(best, trials[n][-1], FIGURES[n].direction)
     measured[n], attempts[n] = best, len(trials[n])
-  rows = compare(measured, baseline)
-  print(format_table(rows, attempts))
+  rows = compare(measured, baseline, attempts)
+  print(format_table(rows))
   failures = [r for r in rows if not r.passed]
   for r in failures:
     print(r.message())
   elapsed = time.perf_counter() - start
   print(f"{'FAILED' if failures else 'OK'}: {len(rows) - len(failures)}/{len(rows)} figures "
-        f"within tolerance of {args.baseline} ({elapsed:.0f}s)")
-  _write_output(args.output, cfg, measured, rows, trials)
+        f"within tolerance of {args.baseline} ({elapsed:.0f}s after start-up)")
+  if args.output:
+    _write_json(args.output, {
+        "passed": not failures, "config": dataclasses.asdict(cfg), "execution": execution(),
+        "slowdown": slowdown, "wall_s": elapsed,
+        "figures": {r.figure: {"measured": r.measured, "trials": trials[r.figure],
+                               "baseline": r.baseline, "direction": r.direction,
+                               "tolerance": r.tolerance, "allowed": r.bound, "passed": r.passed}
+                    for r in rows}})
   return 1 if failures else 0
-
-
-def _write_output(path, cfg, measured, rows, trials):
-  if not path:
-    return
-  verdicts = {r.figure: r for r in rows or []}
-  out = {"config": dataclasses.asdict(cfg), **results.environment(), "figures": {}}
-  for n, value in measured.items():
-    r = verdicts.get(n)
-    out["figures"][n] = {"measured": value, "trials": trials[n],
-                         "direction": FIGURES[n].direction}
-    if r is not None:
-      out["figures"][n].update(baseline=r.baseline, tolerance=r.tolerance, allowed=r.bound,
-                               passed=r.passed)
-  out["passed"] = None if rows is None else all(r.passed for r in rows)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w") as f:
-    json.dump(out, f, indent=2)
-    f.write("\n")
 
 
 if __name__ == "__main__":

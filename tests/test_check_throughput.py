@@ -1,0 +1,194 @@
+"""scripts/check_throughput.py: the pass/fail rule, the committed baseline, a real slowdown.
+
+The check itself runs in CI (`.ci/run`) at full size; these tests keep to
+what can be shown quickly and without flakiness: the comparison on hand-made
+numbers, the committed baseline against itself and against a 2x slowdown,
+and one real measurement at a small size in which a 6x slower FWHT fails
+the check with a message naming the figure, the baseline and the tolerance.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import jax  # first, so that importing the script leaves this process's XLA client alone
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_comp import kernels
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
+                     "check_throughput.py")
+_spec = importlib.util.spec_from_file_location("check_throughput", _PATH)
+ct = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ct)
+
+HIGHER, LOWER = ct.HIGHER, ct.LOWER
+
+
+def _committed():
+  return ct.load_baseline(ct.DEFAULT_BASELINE)
+
+
+# ----------------------------------------------------------------- the rule, by hand
+
+
+def test_bounds_in_both_directions_and_at_the_edge():
+  assert ct.allowed_bound(10.0, LOWER, 0.5) == 15.0
+  assert ct.within(15.0, 10.0, LOWER, 0.5)  # the bound itself passes
+  assert not ct.within(15.0 + 1e-9, 10.0, LOWER, 0.5)
+  assert ct.within(3.0, 10.0, LOWER, 0.5)  # faster than the baseline is fine
+  assert ct.allowed_bound(10.0, HIGHER, 0.35) == pytest.approx(6.5)
+  assert ct.within(ct.allowed_bound(10.0, HIGHER, 0.35), 10.0, HIGHER, 0.35)
+  assert not ct.within(6.5 - 1e-9, 10.0, HIGHER, 0.35)
+  assert ct.within(100.0, 10.0, HIGHER, 0.35)
+  assert ct.within(10.0, 10.0, HIGHER, 0.0) and ct.within(10.0, 10.0, LOWER, 0.0)
+  for direction in (HIGHER, LOWER):
+    assert not ct.within(float("nan"), 10.0, direction, 0.5)
+  assert not ct.within(float("inf"), 10.0, HIGHER, 0.5)
+  with pytest.raises(ValueError, match="direction must be"):
+    ct.allowed_bound(1.0, "sideways", 0.1)
+  assert ct.better(2.0, 3.0, HIGHER) == 3.0 and ct.better(2.0, 3.0, LOWER) == 2.0
+
+
+def test_rows_table_and_messages_name_figure_baseline_and_tolerance():
+  baseline = {"figures": {
+      "fwht_ratio_to_copy": {"value": 3.0, "direction": LOWER, "tolerance": 0.5},
+      "mlp_vmap_speedup_vs_loop": {"value": 6.0, "direction": HIGHER, "tolerance": 0.35}}}
+  rows = ct.compare({"fwht_ratio_to_copy": 5.9, "mlp_vmap_speedup_vs_loop": 2.1,
+                     "logistic_vmap_speedup_vs_loop": 9.0}, baseline,
+                    {"mlp_vmap_speedup_vs_loop": 3})
+  assert [r.passed for r in rows] == [False, False, False]
+  assert rows[0].message() == ("REGRESSION: fwht_ratio_to_copy = 5.9 > allowed 4.5 "
+                               "(baseline 3, tolerance +50%, lower_is_better)")
+  assert rows[1].message() == ("REGRESSION: mlp_vmap_speedup_vs_loop = 2.1 < allowed 3.9 "
+                               "(baseline 6, tolerance -35%, higher_is_better; "
+                               "best of 3 measurements)")
+  assert "has no baseline" in rows[2].message()
+  table = ct.format_table(rows)
+  assert "<=      4.5  FAIL" in table and ">=      3.9  FAIL (best of 3)" in table
+  assert "FAIL (no baseline)" in table
+  ok = ct.compare({"fwht_ratio_to_copy": 4.5}, baseline)
+  assert ok[0].passed and "PASS" in ct.format_table(ok)
+
+
+# ----------------------------------------------------------------- the committed baseline
+
+
+def test_committed_baseline_passes_itself_and_fails_a_2x_slowdown_of_every_figure():
+  baseline = _committed()
+  figures = baseline["figures"]
+  assert set(figures) == set(ct.FIGURES)
+  for name, entry in figures.items():
+    assert entry["direction"] == ct.FIGURES[name].direction, name
+    assert entry["value"] > 0, name
+  same = ct.compare({n: e["value"] for n, e in figures.items()}, baseline)
+  assert all(r.passed for r in same)
+  # Twice the time for a kernel, half the speedup for a round: every figure must trip.
+  slower = {n: e["value"] * 2 if e["direction"] == LOWER else e["value"] / 2
+            for n, e in figures.items()}
+  assert not any(r.passed for r in ct.compare(slower, baseline))
+  ct.Config.from_dict(baseline["config"])
+  meta = baseline["metadata"]
+  for key in ("date", "machine", "jax_version", "command", "execution"):
+    assert meta[key], key
+  assert "check_throughput.py" in meta["command"]
+
+
+def test_main_passes_when_measured_equals_the_committed_baseline(monkeypatch, capsys, tmp_path):
+  baseline = _committed()
+  # This test process runs XLA as the pytest workers set it up, not as CI does.
+  monkeypatch.setattr(ct, "execution", lambda: baseline["metadata"]["execution"])
+  made = []
+
+  def fake_figure(name, cfg, slowdown=1, say=None):
+    made.append((name, cfg, slowdown))
+    return lambda: baseline["figures"][name]["value"]
+
+  monkeypatch.setattr(ct, "make_figure", fake_figure)
+  out = tmp_path / "measured.json"
+  assert ct.main(["--output", str(out)]) == 0
+  text = capsys.readouterr().out
+  assert f"OK: {len(ct.FIGURES)}/{len(ct.FIGURES)} figures" in text
+  assert "FAIL" not in text and "REGRESSION" not in text
+  assert [m[0] for m in made] == list(ct.FIGURES)
+  assert all(cfg == ct.Config.from_dict(baseline["config"]) and s == 1 for _, cfg, s in made)
+  written = json.loads(out.read_text())
+  assert written["passed"] is True and set(written["figures"]) == set(ct.FIGURES)
+
+
+def test_a_baseline_from_another_execution_set_up_is_refused(monkeypatch, capsys):
+  baseline = _committed()
+  monkeypatch.setattr(ct, "execution", lambda: {**baseline["metadata"]["execution"],
+                                                "num_devices": 7})
+  assert ct.main([]) == 2
+  assert "not comparable" in capsys.readouterr().err
+
+
+def test_update_keeps_tolerances_and_unmeasured_figures(monkeypatch, tmp_path):
+  path = tmp_path / "b.json"
+  path.write_text(json.dumps({"config": {"kernel_batch": 8}, "figures": {
+      "fwht_ratio_to_copy": {"value": 1.0, "direction": LOWER, "tolerance": 0.7},
+      "mlp_vmap_speedup_vs_loop": {"value": 5.0, "direction": HIGHER, "tolerance": 0.2}}}))
+  values = iter([3.0, 2.0, 4.0])
+  monkeypatch.setattr(ct, "make_figure", lambda *a, **k: lambda: next(values))
+  assert ct.main(["--baseline", str(path), "--update_baseline",
+                  "--figures=fwht_ratio_to_copy"]) == 0
+  new = json.loads(path.read_text())
+  fwht = new["figures"]["fwht_ratio_to_copy"]
+  assert fwht["value"] == 3.0 and fwht["runs"] == [3.0, 2.0, 4.0] and fwht["tolerance"] == 0.7
+  assert new["figures"]["mlp_vmap_speedup_vs_loop"]["value"] == 5.0
+  assert new["config"]["kernel_batch"] == 8
+  assert "--update_baseline" in new["metadata"]["command"]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--inject_slowdown=fwht"], "KERNEL:N"),
+    (["--inject_slowdown=fwht:0"], "KERNEL:N"),
+    (["--inject_slowdown=nope:3"], "KERNEL:N"),
+    (["--figures=fwht"], "--figures: unknown"),
+    (["--baseline=/nonexistent/b.json"], "no baseline at"),
+    (["--retries=-1"], "--retries"),
+])
+def test_bad_usage_exits_2_naming_it(capsys, argv, message):
+  assert ct.main(argv) == 2
+  assert message in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------- a real slowdown
+
+
+def test_repeated_chains_the_passes():
+  x = jax.random.normal(jax.random.key(0), (4, 64))
+  twice = jax.jit(ct.repeated(kernels.fwht, 2, lambda args, out: (out,)))
+  thrice = jax.jit(ct.repeated(kernels.fwht, 3, lambda args, out: (out,)))
+  np.testing.assert_allclose(twice(x), x, atol=1e-5)  # the FWHT is an involution
+  np.testing.assert_allclose(thrice(x), kernels.fwht(x), atol=1e-5)
+  assert "while" in twice.lower(x).as_text()
+  assert ct.repeated(jnp.sin, 1, None) is jnp.sin
+  assert ct.parse_slowdown("fwht:6, mlp_round:2") == {"fwht": 6, "mlp_round": 2}
+
+
+def test_injected_fwht_slowdown_fails_the_check(tmp_path, capsys):
+  """Real timings of a real kernel doing 6x its work, against a baseline measured just before."""
+  path = tmp_path / "tiny.json"
+  path.write_text(json.dumps({"config": {"kernel_batch": 32, "kernel_dim": 4096, "repeats": 5,
+                                         "span_ms": 20}}))
+  figure = "--figures=fwht_ratio_to_copy"
+  assert ct.main(["--baseline", str(path), "--update_baseline", figure, "--update_runs=1"]) == 0
+  base = json.loads(path.read_text())["figures"]["fwht_ratio_to_copy"]
+  capsys.readouterr()
+  out = tmp_path / "slowed.json"
+  assert ct.main(["--baseline", str(path), figure, "--inject_slowdown=fwht:6", "--retries=0",
+                  "--output", str(out)]) == 1
+  text = capsys.readouterr().out
+  measured = json.loads(out.read_text())["figures"]["fwht_ratio_to_copy"]["measured"]
+  assert measured > 2.5 * base["value"], (measured, base)  # the slowdown is real, not faked
+  assert "INJECTED SLOWDOWN: {'fwht': 6}" in text
+  assert (f"REGRESSION: fwht_ratio_to_copy = {measured:.3g} > allowed "
+          f"{base['value'] * 1.5:.3g} (baseline {base['value']:.3g}, tolerance +50%, "
+          "lower_is_better)") in text
+  assert "FAILED: 0/1 figures" in text
