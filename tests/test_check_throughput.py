@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 
 import jax  # first, so that importing the script leaves this process's XLA client alone
 import jax.numpy as jnp
@@ -24,6 +25,7 @@ _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
                      "check_throughput.py")
 _spec = importlib.util.spec_from_file_location("check_throughput", _PATH)
 ct = importlib.util.module_from_spec(_spec)
+sys.modules["check_throughput"] = ct  # dataclasses look their module up there
 _spec.loader.exec_module(ct)
 
 HIGHER, LOWER = ct.HIGHER, ct.LOWER
@@ -135,8 +137,8 @@ def test_update_keeps_tolerances_and_unmeasured_figures(monkeypatch, tmp_path):
       "mlp_vmap_speedup_vs_loop": {"value": 5.0, "direction": HIGHER, "tolerance": 0.2}}}))
   values = iter([3.0, 2.0, 4.0])
   monkeypatch.setattr(ct, "make_figure", lambda *a, **k: lambda: next(values))
-  assert ct.main(["--baseline", str(path), "--update_baseline",
-                  "--figures=fwht_ratio_to_copy"]) == 0
+  assert ct.main(["--baseline", str(path), "--update_baseline", "--update_processes=0",
+                  "--update_runs=3", "--figures=fwht_ratio_to_copy"]) == 0
   new = json.loads(path.read_text())
   fwht = new["figures"]["fwht_ratio_to_copy"]
   assert fwht["value"] == 3.0 and fwht["runs"] == [3.0, 2.0, 4.0] and fwht["tolerance"] == 0.7
@@ -152,6 +154,7 @@ def test_update_keeps_tolerances_and_unmeasured_figures(monkeypatch, tmp_path):
     (["--figures=fwht"], "--figures: unknown"),
     (["--baseline=/nonexistent/b.json"], "no baseline at"),
     (["--retries=-1"], "--retries"),
+    (["--update_baseline", "--inject_slowdown=fwht:2"], "not for --update_baseline"),
 ])
 def test_bad_usage_exits_2_naming_it(capsys, argv, message):
   assert ct.main(argv) == 2
@@ -178,7 +181,8 @@ def test_injected_fwht_slowdown_fails_the_check(tmp_path, capsys):
   path.write_text(json.dumps({"config": {"kernel_batch": 32, "kernel_dim": 4096, "repeats": 5,
                                          "span_ms": 20}}))
   figure = "--figures=fwht_ratio_to_copy"
-  assert ct.main(["--baseline", str(path), "--update_baseline", figure, "--update_runs=1"]) == 0
+  assert ct.main(["--baseline", str(path), "--update_baseline", figure, "--update_processes=0",
+                  "--update_runs=1"]) == 0
   base = json.loads(path.read_text())["figures"]["fwht_ratio_to_copy"]
   capsys.readouterr()
   out = tmp_path / "slowed.json"
@@ -188,7 +192,24 @@ def test_injected_fwht_slowdown_fails_the_check(tmp_path, capsys):
   measured = json.loads(out.read_text())["figures"]["fwht_ratio_to_copy"]["measured"]
   assert measured > 2.5 * base["value"], (measured, base)  # the slowdown is real, not faked
   assert "INJECTED SLOWDOWN: {'fwht': 6}" in text
+  tol = base["tolerance"]
+  assert tol == ct.FIGURES["fwht_ratio_to_copy"].tolerance
   assert (f"REGRESSION: fwht_ratio_to_copy = {measured:.3g} > allowed "
-          f"{base['value'] * 1.5:.3g} (baseline {base['value']:.3g}, tolerance +50%, "
-          "lower_is_better)") in text
+          f"{base['value'] * (1 + tol):.3g} (baseline {base['value']:.3g}, "
+          f"tolerance +{tol:.0%}, lower_is_better)") in text
   assert "FAILED: 0/1 figures" in text
+
+
+def test_update_measures_in_fresh_processes_set_up_as_ci_runs(tmp_path):
+  path = tmp_path / "tiny.json"
+  path.write_text(json.dumps({"config": {"kernel_batch": 8, "kernel_dim": 1024, "repeats": 3,
+                                         "span_ms": 5}}))
+  assert ct.main(["--baseline", str(path), "--update_baseline", "--update_processes=1",
+                  "--update_runs=2", "--figures=unpack_dequantize_ratio_to_copy/2"]) == 0
+  new = json.loads(path.read_text())
+  assert new["metadata"]["execution"] == {"backend": "cpu", "num_devices": 1,
+                                          "one_thread": True}
+  entry = new["figures"]["unpack_dequantize_ratio_to_copy/2"]
+  assert len(entry["runs"]) == 2 and entry["value"] > 0
+  assert entry["tolerance"] == ct.FIGURES["unpack_dequantize_ratio_to_copy/2"].tolerance
+  assert new["config"]["kernel_dim"] == 1024
