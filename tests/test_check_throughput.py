@@ -155,6 +155,7 @@ def test_update_keeps_tolerances_and_unmeasured_figures(monkeypatch, tmp_path):
     (["--baseline=/nonexistent/b.json"], "no baseline at"),
     (["--retries=-1"], "--retries"),
     (["--update_baseline", "--inject_slowdown=fwht:2"], "not for --update_baseline"),
+    (["--update_processes=-1"], "--update_processes"),
 ])
 def test_bad_usage_exits_2_naming_it(capsys, argv, message):
   assert ct.main(argv) == 2
@@ -186,17 +187,20 @@ def test_injected_fwht_slowdown_fails_the_check(tmp_path, capsys):
   base = json.loads(path.read_text())["figures"]["fwht_ratio_to_copy"]
   capsys.readouterr()
   out = tmp_path / "slowed.json"
-  assert ct.main(["--baseline", str(path), figure, "--inject_slowdown=fwht:6", "--retries=0",
+  # One retry: it runs in a fresh process, with the same injected slowdown.
+  assert ct.main(["--baseline", str(path), figure, "--inject_slowdown=fwht:6", "--retries=1",
                   "--output", str(out)]) == 1
   text = capsys.readouterr().out
-  measured = json.loads(out.read_text())["figures"]["fwht_ratio_to_copy"]["measured"]
+  result = json.loads(out.read_text())["figures"]["fwht_ratio_to_copy"]
+  measured = result["measured"]
+  assert len(result["trials"]) == 2 and measured == min(result["trials"])
   assert measured > 2.5 * base["value"], (measured, base)  # the slowdown is real, not faked
   assert "INJECTED SLOWDOWN: {'fwht': 6}" in text
   tol = base["tolerance"]
   assert tol == ct.FIGURES["fwht_ratio_to_copy"].tolerance
   assert (f"REGRESSION: fwht_ratio_to_copy = {measured:.3g} > allowed "
           f"{base['value'] * (1 + tol):.3g} (baseline {base['value']:.3g}, "
-          f"tolerance +{tol:.0%}, lower_is_better)") in text
+          f"tolerance +{tol:.0%}, lower_is_better; best of 2 measurements)") in text
   assert "FAILED: 0/1 figures" in text
 
 
