@@ -67,6 +67,44 @@ def epoch_order(key: jax.Array, num_examples: jax.Array, max_examples: int) -> j
   return jnp.argsort(bits, stable=True).astype(jnp.int32)
 
 
+def steps_per_epoch(num_examples: jax.Array, batch: int) -> jax.Array:
+  """Local steps in one epoch of a client with `num_examples` (at least 1)."""
+  return jnp.maximum((num_examples + batch - 1) // batch, 1)
+
+
+def padded_order(data_key: jax.Array, epoch: jax.Array, num_examples: jax.Array,
+                 max_examples: int, batch: int) -> jax.Array:
+  """Epoch `epoch`'s example order, padded to whole batches (padding points at slot 0)."""
+  order = epoch_order(jax.random.fold_in(data_key, epoch), num_examples, max_examples)
+  pad = math.ceil(max_examples / batch) * batch - max_examples
+  return jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)])
+
+
+def batch_of(order: jax.Array, b: jax.Array, num_examples: jax.Array,
+             batch: int) -> tuple[jax.Array, jax.Array]:
+  """Slots and validity of batch `b` of an epoch's `padded_order`."""
+  positions = b * batch + jnp.arange(batch)
+  return lax.dynamic_slice(order, (b * batch,), (batch,)), positions < num_examples
+
+
+def minibatch(data_key: jax.Array, step: jax.Array, num_examples: jax.Array,
+              max_examples: int, batch: int) -> tuple[jax.Array, jax.Array]:
+  """Indices and validity mask of local step `step`'s minibatch of one client.
+
+  Epoch e = step // ceil(n / batch) visits the client's n examples in the
+  order ``epoch_order(fold_in(data_key, e))``, `batch` at a time; the last
+  batch of an epoch may be short, and its missing positions point at a
+  padding slot with mask False. `fedjax_comp.distributed` uses the same
+  order, but keeps it between steps instead of sorting again.
+
+  Returns:
+    ``(idx, valid)``: int32 ``[batch]`` example slots, bool ``[batch]``.
+  """
+  spe = steps_per_epoch(num_examples, batch)
+  order = padded_order(data_key, step // spe, num_examples, max_examples, batch)
+  return batch_of(order, step % spe, num_examples, batch)
+
+
 def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation, *,
                        local_epochs: int = 1, batch_size: int | None = 10,
                        local_steps: int | None = None,
@@ -121,18 +159,12 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     # Gradients with respect to the trainable variable: the params, or a
     # structured codec's z (for random_mask, exactly the masked gradient).
     grad_fn = jax.value_and_grad(lambda z, x, y, mask: loss_fn(model_params(z), x, y, mask))
-    # Positions past the end of the order point at a padding slot (masked out).
-    pad = math.ceil(max_n / batch) * batch - max_n
 
     def step(carry, s):
       p, opt_state = carry
-      epoch, b = s // steps_per_epoch, s % steps_per_epoch
-      order = epoch_order(jax.random.fold_in(data_key, epoch), n, max_n)
-      order = jnp.concatenate([order, jnp.zeros((pad,), jnp.int32)])
-      positions = b * batch + jnp.arange(batch)
-      idx = lax.dynamic_slice(order, (b * batch,), (batch,))
+      idx, valid = minibatch(data_key, s, n, max_n, batch)
       active = s < active_steps
-      mask = (positions < n) & active
+      mask = valid & active
       loss, grads = grad_fn(p, client.x[idx], client.y[idx], mask)
       updates, new_opt_state = optimizer.update(grads, opt_state, p)
       new_p = optax.apply_updates(p, updates)
