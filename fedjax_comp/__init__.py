@@ -1,7 +1,8 @@
 """fedjax_comp: a JAX benchmark suite for communication-efficient federated learning.
 
 Data flow (see WORKSPACE.md): data -> clients -> codecs -> aggregation ->
-server -> benchmarks. Importing the package pins the PRNG settings (see
+server -> benchmarks; `distributed` (sync/local SGD, DGA) and `network`
+(the simulated clock) serve the latency and in-center comparisons. Importing the package pins the PRNG settings (see
 `fedjax_comp.keys`).
 """
 
@@ -11,6 +12,7 @@ from fedjax_comp.clients import (ClientMetrics, make_client_update, masked_cross
 from fedjax_comp.codecs import (Codec, Structure, chain, hadamard, identity, low_rank,
                                 payload_bits, quantize, random_mask, subsample, uplink_bits)
 from fedjax_comp.data import ClientArrays, FederatedDataset, load_federated
+from fedjax_comp import distributed, network  # worker-based training; the simulated clock
 from fedjax_comp.evaluation import EvalMetrics, batch_for_eval, evaluate
 from fedjax_comp.fedavg import (FederatedAlgorithm, RoundMetrics, ServerState, fed_avg,
                                 loop_round_sums)
