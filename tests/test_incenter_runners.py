@@ -33,7 +33,7 @@ def test_latency_runner_result_and_clock(tmp_path):
     for entry in [m["sync"][f"latency={lat}ms"]] + [
         e for k, e in m["dga"].items() if k.startswith(f"latency={lat}ms,")]:
       assert 0 <= entry["final_test_accuracy"] <= 1
-      assert "sim_time_to_target_s" in entry
+      assert "sim_time_to_target_s" in entry and "rounds_to_target" in entry
     # The clock by hand: sync pays every averaging in full; DGA with the derived
     # delay never waits, so it takes exactly the steps' time.
     links = network.sample_links(net.replace(latency_s=lat / 1e3), 4, TINY_WORKERS.seed)
