@@ -22,7 +22,7 @@ def _setup(spec, **kw):
   return codec, model, update
 
 
-@pytest.mark.parametrize("spec", ["subsample(p=0.25),hadamard,quantize(bits=2)",
+@pytest.mark.parametrize("spec", ["subsample(p=0.25),hadamard(flatten=true),quantize(bits=2)",
                                   "random_mask(p=0.25),quantize(bits=4)"])
 def test_vmapped_round_with_codec_equals_loop(spec):
   codec, model, update = _setup(spec)

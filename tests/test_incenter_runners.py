@@ -5,8 +5,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
+
+import fedjax_comp as fc
 
 from benchmarks import _workers
 from benchmarks import fedavg as fedavg_runner
@@ -107,9 +110,13 @@ def test_fl_vs_incenter_table_bytes_and_clocks(tmp_path):
   assert m["local_sgd/none"]["uplink_bytes"] == dense_bytes * 4 * 4
   assert m["sync_sgd/none"]["uplink_bytes"] == dense_bytes * 4 * 20
   assert m["fedavg/none"]["downlink_bytes"] == dense_bytes * 5 * 4
+  params = jax.eval_shape(fc.get_model("logistic", (40,), 10).init, jax.random.key(0))
+  q4 = fc.uplink_bits(fc.codecs.parse("quantize(bits=4)"), params)
+  # 4 words per 32 codes (400 -> 13 groups, 10 -> 1), plus a float32 min and max per leaf.
+  assert q4 == 4 * 32 * (13 + 1) + 2 * 2 * 32 == 1920
   for method in ("fedavg", "local_sgd", "sync_sgd"):
     ratio = m[f"{method}/none"]["uplink_bytes"] / m[f"{method}/quantize(bits=4)"]["uplink_bytes"]
-    assert 7 < ratio < 8  # 4 bits + a min and a max per leaf
+    assert ratio == pytest.approx(32 * 410 / q4)
     for p in ("datacenter", "cellular"):
       assert m[f"{method}/none"][f"sim_time_s/{p}"] > 0
     assert m[f"{method}/none"]["sim_time_s/cellular"] > m[f"{method}/none"]["sim_time_s/datacenter"]
