@@ -18,6 +18,7 @@ import numpy as np
 import optax
 
 import fedjax_comp as fc
+from benchmarks._parse import check_names, raise_first_failed
 from fedjax_comp import distributed, network
 
 
@@ -47,17 +48,8 @@ class WorkerConfig:
         (self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}"),
         (self.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {self.dirichlet_alpha}"),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
-    if self.dataset.split("/")[0].split(":")[0] not in fc.data.DATASETS:
-      raise ValueError(f"unknown --dataset {self.dataset!r}; valid: {', '.join(fc.data.DATASETS)}")
-    if self.model not in fc.MODELS:
-      raise ValueError(f"unknown --model {self.model!r}; valid: {', '.join(fc.MODELS)}")
-    try:
-      codec = fc.codecs.parse(self.codec)
-    except ValueError as e:
-      raise ValueError(f"--codec: {e}") from e
+    raise_first_failed(checks)
+    codec = check_names(dataset=self.dataset, model=self.model, codec=self.codec)
     if codec.structure is not None:
       raise ValueError(f"--codec {self.codec!r}: structured codecs (low_rank, random_mask) "
                        "only work with FedAvg; use a sketch (quantize, hadamard, subsample)")

@@ -61,6 +61,7 @@ from fedjax_comp import checkpoint, network, plotting, results
 from fedjax_comp.data import partition as partition_lib
 
 from benchmarks import _network  # noqa: F401  (defines --network, --target_accuracy, ...)
+from benchmarks._parse import check_names, raise_first_failed
 from benchmarks._parse import parse_batch_size, parse_chunk  # noqa: F401  (re-exported)
 
 _DATASET = flags.DEFINE_enum("dataset", "mnist1d", fc.data.DATASETS, "Dataset.", allow_override=True)
@@ -151,17 +152,8 @@ class Config:
         (0.0 <= self.target_accuracy <= 1.0,
          f"--target_accuracy must be in [0, 1], got {self.target_accuracy}"),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
-    if self.dataset.split("/")[0].split(":")[0] not in fc.data.DATASETS:
-      raise ValueError(f"unknown --dataset {self.dataset!r}; valid: {', '.join(fc.data.DATASETS)}")
-    if self.model not in fc.MODELS:
-      raise ValueError(f"unknown --model {self.model!r}; valid: {', '.join(fc.MODELS)}")
-    try:
-      fc.codecs.parse(self.codec)
-    except ValueError as e:
-      raise ValueError(f"--codec: {e}") from e
+    raise_first_failed(checks)
+    check_names(dataset=self.dataset, model=self.model, codec=self.codec)
     if self.server_optimizer not in fc.SERVER_OPTIMIZERS:
       raise ValueError(f"unknown --server_optimizer {self.server_optimizer!r}; valid: "
                        f"{', '.join(fc.SERVER_OPTIMIZERS)}")

@@ -46,6 +46,7 @@ from absl import app, flags
 
 import fedjax_comp as fc
 from benchmarks import _network, _workers
+from benchmarks._parse import raise_first_failed
 from benchmarks import fedavg as fedavg_runner
 from fedjax_comp import network, plotting, results
 
@@ -104,9 +105,7 @@ class Config:
         (self.incenter_eval_every >= 1,
          f"--incenter_eval_every must be >= 1, got {self.incenter_eval_every}"),
     ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
+    raise_first_failed(checks)
 
 
 def _fedavg_clock(cfg: fedavg_runner.Config, data, net, rounds: int, up_bits: int,
