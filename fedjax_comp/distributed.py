@@ -121,7 +121,9 @@ def _check_common(batch_size, codec, mesh):
                      "worker-based training")
   if mesh is not None and CLIENTS_AXIS not in mesh.shape:
     raise ValueError(f"mesh must have a {CLIENTS_AXIS!r} axis, got axes {tuple(mesh.shape)}")
-  return codec
+  if mesh is not None and mesh.shape[CLIENTS_AXIS] == 1:
+    mesh = None  # one device: the plain program, no collectives
+  return codec, mesh
 
 
 def _check_shards(shards: ClientArrays, num_workers: int, mesh: Mesh | None):
@@ -201,7 +203,7 @@ def _all_finite(tree) -> jax.Array:
 
 def _shard_run(body, mesh, state_specs, state, shards, num_steps):
   """Runs ``body(state, shards, num_steps)``, under shard_map when there is a mesh."""
-  if mesh is None or mesh.shape[CLIENTS_AXIS] == 1:
+  if mesh is None:
     return body(state, shards, num_steps)
   fn = jax.shard_map(lambda s, d: body(s, d, num_steps), mesh=mesh,
                      in_specs=(state_specs, P(CLIENTS_AXIS)),
@@ -222,7 +224,7 @@ def sync_sgd(init_params: Callable[[jax.Array], Params], loss_fn: LossFn,
     codec: compresses each worker's gradient (identity by default).
     mesh: optional mesh with a ``"clients"`` axis to shard the workers over.
   """
-  codec = _check_common(batch_size, codec, mesh)
+  codec, mesh = _check_common(batch_size, codec, mesh)
   grad_one = jax.value_and_grad(loss_fn)
 
   def init(seed: int, num_workers: int) -> WorkerState:
@@ -288,7 +290,7 @@ def periodic_averaging(init_params: Callable[[jax.Array], Params], loss_fn: Loss
     raise ValueError(f"period K must be an integer >= 1, got {period!r}")
   if not isinstance(delay, int) or delay < 0:
     raise ValueError(f"delay D must be an integer >= 0 steps, got {delay!r}")
-  codec = _check_common(batch_size, codec, mesh)
+  codec, mesh = _check_common(batch_size, codec, mesh)
   grad_one = jax.value_and_grad(loss_fn)
   slots = delay // period + 1  # updates in flight at most
 
@@ -355,7 +357,7 @@ def periodic_averaging(init_params: Callable[[jax.Array], Params], loss_fn: Loss
     steps = state.step + jnp.arange(num_steps, dtype=jnp.int32)
     (new, _), losses = lax.scan(step, (state, batcher.first(state.step)), steps)
     finite = _all_finite(new.params)
-    if mesh is not None and mesh.shape[CLIENTS_AXIS] > 1:
+    if mesh is not None:
       finite = lax.pmin(finite.astype(jnp.int32), CLIENTS_AXIS) > 0
     return new.replace(step=state.step + num_steps), StepMetrics(loss=losses, finite=finite)
 

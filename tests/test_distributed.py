@@ -201,6 +201,13 @@ def test_bad_arguments(kwargs, message):
     distributed.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), **kwargs)
 
 
+def test_a_one_device_mesh_is_the_plain_program():
+  alg = distributed.periodic_averaging(zeros_init(1), quadratic_loss, optax.sgd(0.5), period=1,
+                                       delay=1, batch_size=1, mesh=fc.clients_mesh(1))
+  state, _ = alg.run(alg.init(0, 2), point_shards([[0.0], [4.0]]), 3)
+  assert np.asarray(state.params["w"])[:, 0].tolist() == [1.0, 2.5]  # the hand-computed case
+
+
 def test_empty_worker_and_wrong_worker_count_are_refused():
   alg = distributed.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), period=1)
   shards = helpers.random_clients([3, 0, 2], shape=(2,))
