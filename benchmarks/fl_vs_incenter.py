@@ -45,10 +45,10 @@ import numpy as np
 from absl import app, flags
 
 import fedjax_comp as fc
-from benchmarks import _network, _workers
+from benchmarks import _network, _workers, latency
 from benchmarks._parse import raise_first_failed
 from benchmarks import fedavg as fedavg_runner
-from fedjax_comp import network, plotting, results
+from fedjax_comp import network, results
 
 DEFAULT_CODECS = ("none", "hadamard(flatten=true,block=1024),quantize(bits=2)")
 
@@ -205,18 +205,18 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
       _finish_entry(metrics, recorder, entry, tr["steps"], tr["test_accuracy"], errors)
       say(_line(entry))
 
-  for p, series in curves.items():
-    unit, scale = network.readable_unit(max(ts[-1] for _, ts, _ in series if ts))
-    plotting.line_plot(out / f"accuracy_vs_sim_time_{p}.png",
-                       [(label, [t / scale for t in ts], accs) for label, ts, accs in series],
-                       xlabel=f"simulated time ({unit}), {p} network", ylabel="test accuracy",
-                       title=f"FL vs in-center: {fa.model} on {fa.dataset}", logx=True)
+  curves = {p: {"title": f"FL vs in-center: {fa.model} on {fa.dataset}, {p} network",
+                "series": [[label, ts, accs] for label, ts, accs in series]}
+            for p, series in curves.items()}
+  for p, curve in curves.items():
+    latency.plot_curves(out / f"accuracy_vs_sim_time_{p}.png", curve, logx=True)
   table = format_table(metrics, cfg, steps)
   (out / "table.md").write_text(table + "\n")
   say("\n" + table)
   extras = {"config": dataclasses.asdict(cfg), "incenter_steps": steps,
             "fedavg_examples_processed": fl_examples,
             "networks": {p: dataclasses.asdict(n) for p, n in nets.items()},
+            "curves": curves,  # simulated seconds and test accuracy per run (scripts/plot.py)
             **results.environment()}
   recorder.finish(succeeded=not errors, metrics=metrics, extras=extras)
   say(f"results: {out / 'result.json'}")

@@ -108,7 +108,7 @@ def run(cfg: _workers.WorkerConfig, *, period: int, delays: list[int],
       recorder.log({"delay": d, "step": k, "test_accuracy": acc})
 
   metrics = {"sync": {}, "dga": {}}
-  rows = []
+  rows, curves = [], {}
   for lat in latencies_ms:
     sync_entry = None
     settings = [(0, "given")] + [(d, "given") for d in delays if d > 0]
@@ -146,12 +146,11 @@ def run(cfg: _workers.WorkerConfig, *, period: int, delays: list[int],
         name = f"dga D={d}" + (" (auto)" if source == "derived" else "")
       rows.append((lat, name, entry))
       series.append((name, times, run_["test_accuracy"]))
-    unit, scale = network.readable_unit(max(max(t for t in x[1]) for x in series))
-    plotting.line_plot(
-        pathlib.Path(output_dir) / f"accuracy_vs_sim_time_{lat:g}ms.png",
-        [(n, [t / scale for t in ts], accs) for n, ts, accs in series],
-        xlabel=f"simulated time ({unit})", ylabel="test accuracy",
-        title=f"sync vs DGA, K={period}, latency {lat:g} ms ({cfg.num_workers} workers)")
+    curves[f"{lat:g}ms"] = {
+        "title": f"sync vs DGA, K={period}, latency {lat:g} ms ({cfg.num_workers} workers)",
+        "series": [[n, ts, accs] for n, ts, accs in series]}
+    plot_curves(pathlib.Path(output_dir) / f"accuracy_vs_sim_time_{lat:g}ms.png",
+                curves[f"{lat:g}ms"])
 
   table = _table(rows, target)
   pathlib.Path(output_dir, "table.md").write_text(table + "\n")
@@ -160,12 +159,22 @@ def run(cfg: _workers.WorkerConfig, *, period: int, delays: list[int],
   extras = {"config": dataclasses.asdict(cfg), "period": period, "delays": delays,
             "latencies_ms": latencies_ms, "derived_delays": {f"{k:g}ms": v for k, v in auto.items()},
             "network": dataclasses.asdict(net), "target_accuracy": target,
+            "curves": curves,  # simulated seconds and test accuracy per setting (scripts/plot.py)
             "uplink_bits_per_worker": s.up_bits, "downlink_bits_per_worker": s.down_bits,
             "training": {str(d): {k: v for k, v in r.items()} for d, r in trained.items()},
             **results.environment()}
   path = recorder.finish(succeeded=not errors, metrics=metrics, extras=extras)
   say(f"results: {path}")
   return results.read_result(output_dir)
+
+
+def plot_curves(path, curve: dict, logx: bool = False) -> None:
+  """Accuracy vs simulated time from a result's ``extras["curves"][key]`` (also scripts/plot.py)."""
+  series = curve["series"]
+  unit, scale = network.readable_unit(max((max(ts) for _, ts, _ in series if ts), default=0.0))
+  plotting.line_plot(path, [(n, [t / scale for t in ts], accs) for n, ts, accs in series],
+                     xlabel=f"simulated time ({unit})", ylabel="test accuracy",
+                     title=curve["title"], logx=logx)
 
 
 def _speedup(x) -> str:

@@ -20,7 +20,9 @@ give a clear error naming the file), dispatching on the runner's ``name``:
 * ``dme``: vNMSE against measured bits per coordinate (log-log);
 * ``kernels``: each kernel's time as a multiple of a copy, per shape;
 * ``throughput_*``: client updates/s of the vmapped round and the loop
-  against clients per round.
+  against clients per round;
+* ``latency``, ``fl_vs_incenter``: accuracy against simulated time, one
+  figure per latency / network preset (``--out`` is then a directory).
 """
 
 from __future__ import annotations
@@ -97,6 +99,19 @@ def plot_throughput(result: dict, out: pathlib.Path) -> None:
                            ("per-client loop", sizes, get("loop_client_updates_per_sec"))],
                      xlabel="clients per round", ylabel="client updates / s", logx=True,
                      title=result["name"])
+
+
+def plot_sim_time_curves(result: dict, out_dir: pathlib.Path) -> pathlib.Path:
+  """latency / fl_vs_incenter: one accuracy-vs-simulated-time figure per key of extras.curves."""
+  from benchmarks import latency  # pylint: disable=g-import-not-at-top  (pulls in jax)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  curves = result["extras"]["curves"]
+  if not curves:
+    raise ValueError("no curves in extras")
+  for key, curve in curves.items():
+    latency.plot_curves(out_dir / f"accuracy_vs_sim_time_{key}.png", curve,
+                        logx=result["name"] == "fl_vs_incenter")
+  return out_dir
 
 
 def readme_section(run_dir: pathlib.Path, result: dict, readme: pathlib.Path) -> None:
@@ -179,6 +194,8 @@ def main(argv=None) -> int:
       plot_kernels(result, out)
     elif name.startswith("throughput"):
       plot_throughput(result, out)
+    elif name in ("latency", "fl_vs_incenter"):
+      out = plot_sim_time_curves(result, pathlib.Path(args.out) if args.out else run_dir)
     else:
       print(f"error: no plot for runner {name!r}", file=sys.stderr)
       return 2

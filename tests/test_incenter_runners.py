@@ -1,6 +1,7 @@
 """benchmarks.latency and benchmarks.fl_vs_incenter end to end, on tiny configurations."""
 
 import dataclasses
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ from benchmarks import fl_vs_incenter, latency
 from fedjax_comp import network, results
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("plot", os.path.join(ROOT, "scripts", "plot.py"))
+plot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot)
 TINY_WORKERS = _workers.WorkerConfig(num_workers=4, steps=24, batch_size=8, eval_every=12,
                                      lr=0.1, model="logistic")
 
@@ -55,6 +59,12 @@ def test_latency_runner_result_and_clock(tmp_path):
   assert (tmp_path / "accuracy_vs_sim_time_10ms.png").stat().st_size > 1000
   lines = results.read_metrics(tmp_path)
   assert {r["delay"] for r in lines} >= {0, 2, 6}
+  # scripts/plot.py redraws the figures from result.json alone.
+  curve = res["extras"]["curves"]["200ms"]
+  assert [s[0] for s in curve["series"]][:3] == ["sync", "dga D=2", "dga D=6"]
+  assert plot.main([str(tmp_path), f"--out={tmp_path / 'redrawn'}"]) == 0
+  assert {p.name for p in (tmp_path / "redrawn").iterdir()} == {
+      "accuracy_vs_sim_time_10ms.png", "accuracy_vs_sim_time_200ms.png"}
 
 
 @pytest.mark.parametrize("kwargs,message", [
@@ -123,6 +133,9 @@ def test_fl_vs_incenter_table_bytes_and_clocks(tmp_path):
   table = (tmp_path / "table.md").read_text()
   assert table.count("| fedavg |") == 2 and "A round is one exchange" in table
   assert (tmp_path / "accuracy_vs_sim_time_cellular.png").exists()
+  assert plot.main([str(tmp_path), f"--out={tmp_path / 'redrawn'}"]) == 0
+  assert {p.name for p in (tmp_path / "redrawn").iterdir()} == {
+      "accuracy_vs_sim_time_datacenter.png", "accuracy_vs_sim_time_cellular.png"}
 
   # The post-hoc FedAvg clock equals the fedavg runner's own live clock.
   live = fedavg_runner.run(dataclasses.replace(fa, network="cellular"), str(tmp_path / "live"),
