@@ -319,7 +319,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True, resume: bool = Fa
   t0 = time.perf_counter()
   round_fn = algorithm.round.lower(state, clients).compile()
   compile_s = time.perf_counter() - t0
-  round_ids = (_round_ids_fn(state.seed_key, data.num_clients, cfg.clients_per_round)
+  round_ids = (round_ids_fn(state.seed_key, data.num_clients, cfg.clients_per_round)
                if clocked else None)
   r = start_round
   for r in range(start_round + 1, cfg.rounds + 1):
@@ -422,7 +422,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True, resume: bool = Fa
   return json.loads(path.read_text())
 
 
-def _round_ids_fn(seed_key: jax.Array, num_clients: int, clients_per_round: int):
+def round_ids_fn(seed_key: jax.Array, num_clients: int, clients_per_round: int):
   """``r -> ids`` of the clients round r (1-based) runs, rebuilt from the seed key alone.
 
   `fc.fedavg.round_client_ids` reads only the state's seed key and round

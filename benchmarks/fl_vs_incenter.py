@@ -115,8 +115,8 @@ def _fedavg_clock(cfg: fedavg_runner.Config, data, net, rounds: int, up_bits: in
   steps = fedavg_runner.local_step_counts(
       np.asarray(data.clients.num_examples), local_epochs=cfg.local_epochs,
       batch_size=cfg.batch_size, local_steps=cfg.local_steps)
-  ids_of = fedavg_runner._round_ids_fn(fc.keys.seed_key(cfg.seed), cfg.num_clients,  # pylint: disable=protected-access
-                                       cfg.clients_per_round)
+  ids_of = fedavg_runner.round_ids_fn(fc.keys.seed_key(cfg.seed), cfg.num_clients,
+                                      cfg.clients_per_round)
   per_round = [fedavg_runner.sim_round_time(links, np.asarray(ids_of(r)), steps,
                                             up_bits=up_bits, down_bits=down_bits)
                for r in range(1, rounds + 1)]
