@@ -81,7 +81,7 @@ def setup(cfg: WorkerConfig) -> Setup:
   model = fc.get_model(cfg.model, data.input_shape, data.num_classes)
   n_dev = jax.device_count()
   mesh = fc.clients_mesh(n_dev) if n_dev > 1 and cfg.num_workers % n_dev == 0 else None
-  params = jax.jit(model.init)(jax.random.key(0))
+  params = jax.eval_shape(model.init, jax.random.key(0))  # shapes only: bits need no values
   codec = fc.codecs.parse(cfg.codec)
   return Setup(cfg=cfg, data=data, model=model, shards=fc.replicate(data.clients, mesh),
                test_batches=fc.batch_for_eval(data.test.x, data.test.y), mesh=mesh,

@@ -40,7 +40,6 @@ import dataclasses
 import pathlib
 import sys
 
-import jax
 import numpy as np
 from absl import app, flags
 
@@ -108,19 +107,12 @@ class Config:
     raise_first_failed(checks)
 
 
-def _fedavg_clock(cfg: fedavg_runner.Config, data, net, rounds: int, up_bits: int,
-                  down_bits: int) -> np.ndarray:
-  """Simulated clock after each FedAvg round under `net` (rounds rebuilt from the seed)."""
+def _fedavg_clock(cfg: fedavg_runner.Config, net, round_ids: list[np.ndarray],
+                  step_counts: np.ndarray, up_bits: int, down_bits: int) -> np.ndarray:
+  """Simulated clock after each FedAvg round under `net`, given each round's client ids."""
   links = network.sample_links(net, cfg.num_clients, cfg.seed)
-  steps = fedavg_runner.local_step_counts(
-      np.asarray(data.clients.num_examples), local_epochs=cfg.local_epochs,
-      batch_size=cfg.batch_size, local_steps=cfg.local_steps)
-  ids_of = fedavg_runner.round_ids_fn(fc.keys.seed_key(cfg.seed), cfg.num_clients,
-                                      cfg.clients_per_round)
-  per_round = [fedavg_runner.sim_round_time(links, np.asarray(ids_of(r)), steps,
-                                            up_bits=up_bits, down_bits=down_bits)
-               for r in range(1, rounds + 1)]
-  return np.cumsum(per_round)
+  return np.cumsum([fedavg_runner.sim_round_time(links, ids, step_counts, up_bits=up_bits,
+                                                 down_bits=down_bits) for ids in round_ids])
 
 
 def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
@@ -139,6 +131,10 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
   fl_examples = float(np.mean(steps_per_client * per_step)) * fa.clients_per_round * fa.rounds
   steps = cfg.incenter_steps or max(1, round(fl_examples / (cfg.workers * cfg.incenter_batch)))
   nets = {p: network.preset(p) for p in cfg.presets}
+  # The rounds' client ids depend on the seed alone: rebuilt once, clocked per preset.
+  ids_of = fedavg_runner.round_ids_fn(fc.keys.seed_key(fa.seed), fa.num_clients,
+                                      fa.clients_per_round)
+  round_ids = [np.asarray(ids_of(r)) for r in range(1, fa.rounds + 1)]
   say(f"FedAvg: {fa.rounds} rounds x {fa.clients_per_round} of {fa.num_clients} clients "
       f"({fa.partition}), {fl_examples:,.0f} examples processed; in-center: {cfg.workers} "
       f"workers (iid) x {steps} steps x batch {cfg.incenter_batch}")
@@ -154,9 +150,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
     m = res["metrics"]
     evals = [r for r in results.read_metrics(run_dir) if "test_accuracy" in r]
     rounds_done = m["rounds"]
-    up, down = m["uplink_bits_per_client_round"], fc.codecs.dense_bits(
-        jax.eval_shape(fc.get_model(fa.model, data.input_shape, data.num_classes).init,
-                       jax.random.key(0)))
+    up, down = m["uplink_bits_per_client_round"], m["downlink_bits_per_client_round"]
     entry = {"method": "fedavg", "codec": codec, "data": f"{fa.partition} ({fa.num_clients} "
              f"clients, {fa.clients_per_round}/round)",
              "final_test_accuracy": m["final_test_accuracy"], "rounds": rounds_done,
@@ -166,7 +160,7 @@ def run(cfg: Config, output_dir: str, *, verbose: bool = True) -> dict:
     xs = [r["round"] for r in evals]
     accs = [r["test_accuracy"] for r in evals]
     for p, net in nets.items():
-      clock = _fedavg_clock(fa, data, net, rounds_done, up, down)
+      clock = _fedavg_clock(fa, net, round_ids[:rounds_done], steps_per_client, up, down)
       times = [float(clock[x - 1]) for x in xs]
       entry[f"sim_time_s/{p}"] = float(clock[-1]) if rounds_done else 0.0
       entry[f"sim_time_to_target_s/{p}"] = network.time_to_target(times, accs, fa.target_accuracy)

@@ -76,16 +76,21 @@ def define_flags() -> dict:
 DEFAULT_TARGET = 0.78  # MNIST-1D MLP: sync reaches it at about 55% of the default steps
 
 
-def run(cfg: _workers.WorkerConfig, *, period: int, delays: list[int],
-        latencies_ms: list[float], net: network.NetworkModel, target: float,
-        output_dir: str, verbose: bool = True) -> dict:
-  """Trains sync and every DGA delay once, then clocks them at every latency."""
+def check_sweep(period: int, delays: list[int], latencies_ms: list[float]) -> None:
+  """ValueError naming the flag for K < 1, D < 0, or a missing/negative latency."""
   if period < 1:
     raise ValueError(f"--period (K) must be >= 1, got {period}")
   if any(d < 0 for d in delays):
     raise ValueError(f"--delays (D) must be >= 0, got {delays}")
   if not latencies_ms or any(not (lat >= 0) for lat in latencies_ms):
     raise ValueError(f"--latencies_ms must be a non-empty list of values >= 0, got {latencies_ms}")
+
+
+def run(cfg: _workers.WorkerConfig, *, period: int, delays: list[int],
+        latencies_ms: list[float], net: network.NetworkModel, target: float,
+        output_dir: str, verbose: bool = True) -> dict:
+  """Trains sync and every DGA delay once, then clocks them at every latency."""
+  check_sweep(period, delays, latencies_ms)
   say = print if verbose else (lambda *a, **k: None)
   s = _workers.setup(cfg)
   links = {lat: _workers.worker_links(s, net.replace(latency_s=lat / 1e3)) for lat in latencies_ms}
@@ -213,8 +218,7 @@ def main(argv, h: dict):
       raise ValueError("--network=none: the latency sweep needs a network model; "
                        f"choose one of {', '.join(network.PRESETS)}")
     target = _network.target_from_flags()
-    if h["period"].value < 1:
-      raise ValueError(f"--period (K) must be >= 1, got {h['period'].value}")
+    check_sweep(h["period"].value, delays, latencies)
   except ValueError as e:
     raise app.UsageError(str(e)) from e
   result = run(cfg, period=h["period"].value, delays=delays, latencies_ms=latencies, net=net,

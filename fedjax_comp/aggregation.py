@@ -50,6 +50,16 @@ class ClientSums(NamedTuple):
   num_steps: jax.Array  # local steps taken, all clients (int32)
 
 
+def encode_decode(codec: Codec, codec_keys: jax.Array, updates: Params) -> Params:
+  """What the server decodes from a batch of uploads (leading axis: clients or workers).
+
+  Client side: ``codec.encode`` with a fresh codec state. Server side:
+  ``codec.decode`` with the same keys, which it rebuilds itself.
+  """
+  payloads, _ = jax.vmap(codec.encode)(codec_keys, updates, jax.vmap(codec.init)(updates))
+  return jax.vmap(codec.decode)(codec_keys, payloads)
+
+
 def _chunk_sums(client_update: ClientUpdateFn, codec: Codec, params: Params,
                 data: ClientArrays, round_key: jax.Array, ids: jax.Array) -> ClientSums:
   """Sums over one chunk of client ids; id -1 is a padding slot."""
@@ -60,9 +70,7 @@ def _chunk_sums(client_update: ClientUpdateFn, codec: Codec, params: Params,
   client_keys = jax.vmap(keys.client_key, in_axes=(None, 0))(round_key, safe_ids)
   deltas, metrics = jax.vmap(client_update, in_axes=(None, 0, 0))(params, clients, client_keys)
   codec_keys = jax.vmap(keys.stream, in_axes=(0, None))(client_keys, keys.Stream.CODEC)
-  # Client side: encode. Server side: decode with keys it rebuilds itself.
-  payloads, _ = jax.vmap(codec.encode)(codec_keys, deltas, jax.vmap(codec.init)(deltas))
-  decoded = jax.vmap(codec.decode)(codec_keys, payloads)
+  decoded = encode_decode(codec, codec_keys, deltas)
   weight = clients.num_examples.astype(jnp.float32)
 
   def weighted_sum(d):

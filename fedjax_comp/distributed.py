@@ -55,7 +55,7 @@ from jax.sharding import PartitionSpec as P
 
 from fedjax_comp import codecs
 from fedjax_comp import keys
-from fedjax_comp.aggregation import CLIENTS_AXIS
+from fedjax_comp.aggregation import CLIENTS_AXIS, encode_decode
 from fedjax_comp.clients import LossFn, batch_of, padded_order, steps_per_epoch
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.models import Params
@@ -192,8 +192,7 @@ class _Batcher(NamedTuple):
 def _codec_mean(codec, key_round, seed_key, worker_ids, values, mesh):
   """mean_j decode(encode(values_j)) with worker j's codec key of upload `key_round`."""
   ckeys = _worker_keys(seed_key, key_round, worker_ids, keys.Stream.CODEC)
-  payloads, _ = jax.vmap(codec.encode)(ckeys, values, jax.vmap(codec.init)(values))
-  decoded = jax.vmap(codec.decode)(ckeys, payloads)
+  decoded = encode_decode(codec, ckeys, values)
   return jax.tree.map(lambda d: _worker_mean(d.astype(jnp.float32), mesh), decoded)
 
 
