@@ -13,9 +13,13 @@ client holding ``--examples_per_client`` examples and taking
 ``--local_steps`` steps of ``--batch_size``. In the same process it times the
 reference: a Python loop calling a jitted single-client update per client
 (FedJAX's default backend), on ``--loop_clients`` clients (its cost per client
-is flat in the number of clients), timed again right before each size so that
-every ratio compares measurements taken moments apart. Compile time is reported apart; timings
-are the median of ``--repeats`` warm runs after ``block_until_ready``.
+is flat in the number of clients). The round and the loop are sampled
+alternately (`benchmarks._timing.Pair`, as in the CI check): ``--repeats``
+samples of each, every sample spanning about ``--span_ms`` of back-to-back
+calls, each waited for with ``block_until_ready``. ``speedup_vs_loop`` is the
+median over the pairs of the quotient of two samples taken one right after
+the other, so a slow moment of this noisy machine slows both sides alike;
+the rates are the per-side medians. Compile time is reported apart.
 
 Per size, metrics hold ``vmap_client_updates_per_sec``,
 ``loop_client_updates_per_sec``, ``speedup_vs_loop``, ``sec_per_round``,
@@ -44,6 +48,7 @@ from fedjax_comp import results
 from fedjax_comp.data.federated import ClientArrays
 
 from benchmarks._parse import parse_chunk
+from benchmarks._timing import Pair, seconds
 
 _MODEL = flags.DEFINE_enum("model", "mlp", fc.MODELS, "Model.", allow_override=True)
 _SIZES = flags.DEFINE_list("clients_per_round", ["10", "100", "1000", "10000"],
@@ -53,7 +58,10 @@ _BATCH = flags.DEFINE_integer("batch_size", 10, "Local batch size.", allow_overr
 _STEPS = flags.DEFINE_integer("local_steps", 2, "Local steps per client.", allow_override=True)
 _CHUNK = flags.DEFINE_string("client_chunk", "auto", "Clients per vmapped block, or 'auto'.", allow_override=True)
 _LOOP_CLIENTS = flags.DEFINE_integer("loop_clients", 200, "Clients timed in the Python loop.", allow_override=True)
-_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per measurement.", allow_override=True)
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Alternating samples of the round and the loop.",
+                                allow_override=True)
+_SPAN_MS = flags.DEFINE_integer("span_ms", 200, "Back-to-back calls per sample span about this "
+                                "many milliseconds (a slower call is one sample).", allow_override=True)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed.", allow_override=True)
 _COMPILE_ONLY = flags.DEFINE_bool(
     "compile_only", False, "Only compile each round and report XLA's memory analysis "
@@ -65,12 +73,7 @@ INPUT_SHAPES = {"logistic": (40,), "mlp": (40,), "2nn": (28, 28), "cnn": (28, 28
 
 
 def _median_time(fn, repeats: int) -> float:
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn())
-    times.append(time.perf_counter() - t)
-  return statistics.median(times)
+  return statistics.median(seconds(fn) for _ in range(repeats))
 
 
 def peak_rss_mb() -> float:
@@ -95,7 +98,7 @@ def synthetic_clients(num_clients: int, examples: int, shape: tuple[int, ...],
 
 def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int,
             local_steps: int, chunk: int | None, loop_clients: int, repeats: int,
-            seed: int, compile_only: bool = False, say=print) -> dict:
+            seed: int, compile_only: bool = False, span_s: float = 0.2, say=print) -> dict:
   """Runs the measurements; returns the metrics dict of result.json."""
   shape = INPUT_SHAPES[model_name]
   model = fc.get_model(model_name, shape, 10)
@@ -114,20 +117,15 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
   say(f"{model_name}: {fc.num_params(params):,} params, chunk {chunk}, "
       f"{jax.device_count()} {backend} device(s); dense matmul {dense:.1f} GFLOP/s")
 
-  # Reference: one jitted single-client update per client, called from Python.
-  # Timed again right before each size, so each ratio compares two
-  # measurements taken moments apart on this noisy machine.
+  # Reference: one jitted single-client update per client, called from Python,
+  # sampled alternately with each size's round.
   codec = fc.identity()
   round_key = jax.random.key(seed)
   loop_n = min(loop_clients, max(sizes))
 
-  def loop_rate() -> float:
-    seconds = _median_time(lambda: fc.loop_round_sums(
-        client_update, codec, params, host_clients, range(loop_n), round_key), repeats)
-    return loop_n / seconds
-
-  if not compile_only:
-    fc.loop_round_sums(client_update, codec, params, host_clients, range(2), round_key)
+  def loop():
+    return fc.loop_round_sums(client_update, codec, params, host_clients, range(loop_n),
+                              round_key)
 
   out = {"dense_matmul_gflops": dense, "client_chunk": chunk, "loop_clients": loop_n,
          "useful_flops_per_client": useful_flops_per_client}
@@ -148,21 +146,22 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
       say(f"{m:6d} clients/round: compiled in {compile_s:.1f}s; XLA memory per device "
           f"{xla_mb:.0f} MB (temporaries {memory.temp_size_in_bytes / 2**20:.0f} MB)")
       continue
-    jax.block_until_ready(round_fn(state, clients))  # warm-up
-    sec = _median_time(lambda: round_fn(state, clients), repeats)
+    pair = Pair(lambda: round_fn(state, clients), loop, repeats, span_s)
+    round_over_loop = pair.ratio()  # median of (round s / loop s), samples side by side
+    sec, loop_sec = pair.medians
     rate = m / sec
-    loop = loop_rate()
     dense_now = dense_matmul_gflops()  # next to the round: a same-moment ratio
     entry = {
-        "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop,
-        "speedup_vs_loop": rate / loop, "sec_per_round": sec, "compile_s": compile_s,
+        "vmap_client_updates_per_sec": rate, "loop_client_updates_per_sec": loop_n / loop_sec,
+        "speedup_vs_loop": m / loop_n / round_over_loop, "sec_per_round": sec,
+        "compile_s": compile_s,
         "peak_rss_mb": peak_rss_mb(), "xla_memory_mb_per_device": xla_mb,
         "dense_matmul_gflops": dense_now,
         "flop_efficiency": useful_flops_per_client * rate / 1e9 / dense_now,
     }
     out[f"clients_{m}"] = entry
     say(f"{m:6d} clients/round: {rate:9.0f} client updates/s  {sec * 1e3:9.1f} ms/round  "
-        f"loop {loop:7.0f}/s  x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
+        f"loop {entry['loop_client_updates_per_sec']:7.0f}/s  x{entry['speedup_vs_loop']:.1f} vs loop  flop_eff {entry['flop_efficiency']:.2f}  "
         f"compile {compile_s:.1f}s  peak {entry['peak_rss_mb']:.0f} MB")
   big = [m for m in sizes if m >= 1000]
   if len(big) >= 2 and not compile_only:
@@ -179,7 +178,7 @@ def main(argv):
     raise app.UsageError(f"--clients_per_round must be positive integers, got {_SIZES.value}")
   for name, value in (("examples_per_client", _EXAMPLES.value), ("batch_size", _BATCH.value),
                       ("local_steps", _STEPS.value), ("loop_clients", _LOOP_CLIENTS.value),
-                      ("repeats", _REPEATS.value)):
+                      ("repeats", _REPEATS.value), ("span_ms", _SPAN_MS.value)):
     if value < 1:
       raise app.UsageError(f"--{name} must be >= 1, got {value}")
   try:
@@ -189,13 +188,15 @@ def main(argv):
   recorder = results.RunRecorder(_OUTPUT_DIR.value, f"throughput_{_MODEL.value}")
   metrics = measure(_MODEL.value, sizes, examples=_EXAMPLES.value, batch_size=_BATCH.value,
                     local_steps=_STEPS.value, chunk=chunk, loop_clients=_LOOP_CLIENTS.value,
-                    repeats=_REPEATS.value, seed=_SEED.value, compile_only=_COMPILE_ONLY.value)
+                    repeats=_REPEATS.value, seed=_SEED.value, compile_only=_COMPILE_ONLY.value,
+                    span_s=_SPAN_MS.value / 1e3)
   for m in sizes:
     recorder.log({"clients_per_round": m, **metrics[f"clients_{m}"]})
   config = {"model": _MODEL.value, "clients_per_round": sizes,
             "examples_per_client": _EXAMPLES.value, "batch_size": _BATCH.value,
             "local_steps": _STEPS.value, "loop_clients": _LOOP_CLIENTS.value,
-            "repeats": _REPEATS.value, "compile_only": _COMPILE_ONLY.value}
+            "repeats": _REPEATS.value, "span_ms": _SPAN_MS.value,
+            "compile_only": _COMPILE_ONLY.value}
   path = recorder.finish(succeeded=True, metrics=metrics,
                          extras={"config": config, "seed": _SEED.value, **results.environment()})
   print(f"results: {path}")

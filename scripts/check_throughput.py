@@ -143,7 +143,6 @@ import collections  # noqa: E402
 import dataclasses  # noqa: E402
 import datetime  # noqa: E402
 import functools  # noqa: E402
-import gc  # noqa: E402
 import itertools  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
@@ -164,6 +163,7 @@ import fedjax_comp as fc  # noqa: E402
 from fedjax_comp import kernels  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
+from benchmarks._timing import Pair  # noqa: E402
 
 DEFAULT_BASELINE = os.path.join(_ROOT, "benchmarks", "baselines", "throughput_cpu.json")
 HIGHER = "higher_is_better"
@@ -234,52 +234,6 @@ def execution() -> dict:
 
 
 # --------------------------------------------------------------------------- timing
-
-
-def _seconds(fn: Callable[[], object], calls: int = 1) -> float:
-  """Wall seconds of `calls` calls of `fn`, each waited for."""
-  t = time.perf_counter()
-  for _ in range(calls):
-    jax.block_until_ready(fn())
-  return time.perf_counter() - t
-
-
-class Pair:
-  """A subject and a reference timed alternately: the two sides of one ratio.
-
-  The constructor warms both up (compiling them) and picks, per side, how
-  many back-to-back calls make a sample span about `span_s` seconds.
-  `ratio()` takes ``repeats`` samples of each side, alternating, and returns
-  the median over i of (subject sample i) / (reference sample i), per call:
-  two samples taken one right after the other see the same machine, so each
-  quotient cancels whatever state the machine was in at that moment.
-  """
-
-  def __init__(self, subject, reference, repeats: int, span_s: float, say=None):
-    self.fns, self.repeats, self.say = (subject, reference), repeats, say
-    self.calls = []
-    for fn in self.fns:
-      _seconds(fn)  # compiles
-      one = min(_seconds(fn) for _ in range(3))
-      self.calls.append(max(1, round(span_s / max(one, 1e-6))))
-
-  def ratio(self) -> float:
-    samples = ([], [])
-    gc.collect()
-    gc.disable()  # as timeit does: a collection would land in one side's sample only
-    try:
-      for _ in range(self.repeats):
-        for fn, calls, out in zip(self.fns, self.calls, samples):
-          out.append(_seconds(fn, calls) / calls)
-    finally:
-      gc.enable()
-    ratio = statistics.median(s / r for s, r in zip(*samples))
-    if self.say:
-      sides = [f"{side} {statistics.median(s) * 1e3:.3g} ms x{calls} calls "
-               f"(samples {min(s) * 1e3:.3g}-{max(s) * 1e3:.3g})"
-               for side, calls, s in zip(("subject", "reference"), self.calls, samples)]
-      self.say(f"    {'; '.join(sides)}; ratio {ratio:.3g}")
-    return ratio
 
 
 def repeated(fn, n: int, feedback):

@@ -54,3 +54,54 @@ def test_patch_conv_equals_flax_conv(kernel, channels):
   g_ref, g = jax.grad(loss(reference))(params), jax.grad(loss(patch))(params)
   for a, b in zip(jax.tree.leaves(g_ref), jax.tree.leaves(g)):
     assert float(jnp.abs(a - b).max()) < 1e-4 * (1 + float(jnp.abs(a).max()))
+
+
+def test_dense_equals_flax_dense_and_autodiff():
+  """`models.Dense`: flax Dense's parameters bit for bit, its outputs, and autodiff's gradients."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.models import Dense, dense  # pylint: disable=g-import-not-at-top
+
+  x = jax.random.normal(jax.random.key(0), (6, 5))
+  params = nn.Dense(3).init(jax.random.key(1), x)
+  mine = Dense(3).init(jax.random.key(1), x)
+  assert jax.tree.structure(mine) == jax.tree.structure(params)
+  for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(params)):
+    assert bool((a == b).all())
+  params = jax.tree.map(lambda p: p + 0.1, params)  # a non-zero bias too
+  assert float(jnp.abs(Dense(3).apply(params, x) - nn.Dense(3).apply(params, x)).max()) < 1e-6
+  # Leading axes are flattened and restored like flax's.
+  x3 = x.reshape(2, 3, 5)
+  assert float(jnp.abs(Dense(3).apply(params, x3) - nn.Dense(3).apply(params, x3)).max()) < 1e-6
+
+  k, b = params["params"]["kernel"], params["params"]["bias"]
+  loss = lambda f: lambda x, k, b: jnp.sum(jnp.sin(f(x, k, b)) * jnp.arange(3.0))
+  plain = lambda x, k, b: x @ k + b
+  want = jax.grad(loss(plain), argnums=(0, 1, 2))(x, k, b)
+  got = jax.grad(loss(dense), argnums=(0, 1, 2))(x, k, b)
+  for w, g in zip(want, got):
+    assert g.shape == w.shape
+    assert float(jnp.abs(w - g).max()) < 1e-5
+  # Under vmap with a shared kernel (the first local step of a round's clients).
+  xs = jax.random.normal(jax.random.key(2), (4, 6, 5))
+  per_client = lambda f: jax.vmap(jax.grad(loss(f), argnums=(0, 1)), in_axes=(0, None, None))
+  for w, g in zip(per_client(plain)(xs, k, b), per_client(dense)(xs, k, b)):
+    assert g.shape == w.shape
+    assert float(jnp.abs(w - g).max()) < 1e-5
+
+
+@pytest.mark.parametrize("shape", [(2, 6, 4, 3), (1, 7, 5, 2)])
+def test_max_pool_2x2_equals_flax(shape):
+  """Values of nn.max_pool((2, 2), strides 2, VALID), odd sizes included, and its gradient."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.models import max_pool_2x2  # pylint: disable=g-import-not-at-top
+
+  x = jax.random.normal(jax.random.key(0), shape)  # no ties
+  want = nn.max_pool(x, (2, 2), strides=(2, 2))
+  got = max_pool_2x2(x)
+  assert got.shape == want.shape
+  assert bool((got == want).all())
+  loss = lambda pool: lambda x: jnp.sum(jnp.sin(pool(x)))
+  g_want = jax.grad(loss(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))))(x)
+  g_got = jax.grad(loss(max_pool_2x2))(x)
+  assert float(jnp.abs(g_want - g_got).max()) < 1e-6
+  assert int((g_got != 0).sum()) == want.size  # one winner per window
