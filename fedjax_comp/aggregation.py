@@ -72,18 +72,23 @@ def _chunk_sums(client_update: ClientUpdateFn, codec: Codec, params: Params,
   codec_keys = jax.vmap(keys.stream, in_axes=(0, None))(client_keys, keys.Stream.CODEC)
   decoded = encode_decode(codec, codec_keys, deltas)
   weight = clients.num_examples.astype(jnp.float32)
+  live = weight > 0
 
   def weighted_sum(d):
-    # Elementwise multiply + reduce (not a dot), so XLA fuses it with the
-    # delta's own subtraction: one pass over each client's parameters.
-    w = weight.reshape((-1,) + (1,) * (d.ndim - 1))
-    return jnp.sum(jnp.where(w > 0, w * d.astype(jnp.float32), 0.0), axis=0)
+    # A [1, chunk] x [chunk, size] product over the chunk's updates, zeroed
+    # first where a client is empty (0 * NaN would still be NaN). On a CPU it
+    # beat an elementwise multiply + reduce by 10% for the MLP's chunk of 25
+    # (and tied for the 2NN's chunk of 1); HIGHEST keeps a GPU from rounding
+    # the sum's inputs to TF32.
+    flat = jnp.where(live[:, None], d.reshape(d.shape[0], -1).astype(jnp.float32), 0.0)
+    total = jnp.matmul(weight[None, :], flat, precision=lax.Precision.HIGHEST)
+    return total.reshape(d.shape[1:])
 
   return ClientSums(
       weighted_delta=jax.tree.map(weighted_sum, decoded),
       weight=jnp.sum(weight),
-      weighted_loss=jnp.sum(weight * jnp.where(weight > 0, metrics.train_loss, 0.0)),
-      num_clients=jnp.sum(weight > 0).astype(jnp.int32),
+      weighted_loss=jnp.sum(weight * jnp.where(live, metrics.train_loss, 0.0)),
+      num_clients=jnp.sum(live).astype(jnp.int32),
       num_steps=jnp.sum(metrics.num_steps).astype(jnp.int32))
 
 
