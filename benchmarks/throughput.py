@@ -36,15 +36,18 @@ from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 import resource
 import statistics
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from absl import app, flags
+from jax.sharding import Mesh
 
 import fedjax_comp as fc
 from fedjax_comp import results
+from fedjax_comp.clients import ClientUpdateFn
 from fedjax_comp.data.federated import ClientArrays
 
 from benchmarks._parse import parse_chunk
@@ -96,19 +99,50 @@ def synthetic_clients(num_clients: int, examples: int, shape: tuple[int, ...],
       num_examples=np.full((num_clients,), examples, np.int32))
 
 
+class Setup(NamedTuple):
+  """One model's synthetic clients and client update, as every size's round uses them."""
+
+  model: fc.Model
+  client_update: ClientUpdateFn
+  host_clients: ClientArrays  # numpy, for the per-client loop
+  clients: ClientArrays  # on the device(s)
+  mesh: Mesh | None
+  chunk: int
+  seed: int
+
+  def fed_avg(self, clients_per_round: int):
+    """A FedAvg round over `clients_per_round` clients and its initial state (on the mesh)."""
+    algorithm = fc.fed_avg(self.model.init, self.client_update,
+                           fc.server_optimizer("fedavg", 1.0),
+                           clients_per_round=clients_per_round, client_chunk=self.chunk,
+                           mesh=self.mesh)
+    return algorithm, fc.replicate(algorithm.init(self.seed), self.mesh)  # no per-call reshard
+
+
+def setup(model_name: str, num_clients: int, *, examples: int = 20, batch_size: int = 10,
+          local_steps: int = 2, chunk: int | None = None, seed: int = 0) -> Setup:
+  """`num_clients` synthetic clients shaped for `model_name`, on all local devices."""
+  shape = INPUT_SHAPES[model_name]
+  model = fc.get_model(model_name, shape, 10)
+  chunk = chunk or fc.aggregation.default_chunk(model_name, jax.default_backend())
+  mesh = fc.clients_mesh() if jax.device_count() > 1 else None
+  client_update = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.01),
+                                        batch_size=batch_size, local_steps=local_steps)
+  host_clients = synthetic_clients(num_clients, examples, shape, seed)
+  return Setup(model, client_update, host_clients, fc.replicate(host_clients, mesh), mesh,
+               chunk, seed)
+
+
 def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int,
             local_steps: int, chunk: int | None, loop_clients: int, repeats: int,
             seed: int, compile_only: bool = False, span_s: float = 0.2, say=print) -> dict:
   """Runs the measurements; returns the metrics dict of result.json."""
   shape = INPUT_SHAPES[model_name]
-  model = fc.get_model(model_name, shape, 10)
   backend = jax.default_backend()
-  chunk = chunk or fc.aggregation.default_chunk(model_name, backend)
-  mesh = fc.clients_mesh() if jax.device_count() > 1 else None
-  client_update = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.01),
-                                        batch_size=batch_size, local_steps=local_steps)
-  host_clients = synthetic_clients(max(sizes), examples, shape, seed)
-  clients = fc.replicate(host_clients, mesh)
+  su = setup(model_name, max(sizes), examples=examples, batch_size=batch_size,
+             local_steps=local_steps, chunk=chunk, seed=seed)
+  model, client_update, host_clients, clients, chunk = (
+      su.model, su.client_update, su.host_clients, su.clients, su.chunk)
   params = model.init(jax.random.key(seed))
   fwd_flops = jax.jit(model.apply).lower(
       params, jnp.zeros((1, *shape))).compile().cost_analysis()["flops"]
@@ -130,9 +164,7 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
   out = {"dense_matmul_gflops": dense, "client_chunk": chunk, "loop_clients": loop_n,
          "useful_flops_per_client": useful_flops_per_client}
   for m in sizes:
-    algorithm = fc.fed_avg(model.init, client_update, fc.server_optimizer("fedavg", 1.0),
-                           clients_per_round=m, client_chunk=chunk, mesh=mesh)
-    state = fc.replicate(algorithm.init(seed), mesh)  # on the mesh: no per-call reshard
+    algorithm, state = su.fed_avg(m)
     t = time.perf_counter()
     round_fn = algorithm.round.lower(state, clients).compile()
     compile_s = time.perf_counter() - t

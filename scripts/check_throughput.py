@@ -156,7 +156,6 @@ from typing import Callable  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import optax  # noqa: E402
 from jax import lax  # noqa: E402
 
 import fedjax_comp as fc  # noqa: E402
@@ -269,20 +268,12 @@ def after_all_of(out, arg):
 
 def _round_figure(model_name: str, cfg: Config, slowdown: int, say) -> Callable[[], float]:
   """Sets up the vmapped round's speedup over the per-client loop."""
-  shape = throughput.INPUT_SHAPES[model_name]
-  model = fc.get_model(model_name, shape, 10)
-  chunk = fc.aggregation.default_chunk(model_name, jax.default_backend())
-  mesh = fc.clients_mesh() if jax.device_count() > 1 else None
-  client_update = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.01),
-                                        batch_size=cfg.batch_size, local_steps=cfg.local_steps)
   m = cfg.clients_per_round
-  host_clients = throughput.synthetic_clients(max(m, cfg.loop_clients), cfg.examples_per_client,
-                                              shape, cfg.seed)
-  clients = fc.replicate(host_clients, mesh)
-  algorithm = fc.fed_avg(model.init, client_update, fc.server_optimizer("fedavg", 1.0),
-                         clients_per_round=m, client_chunk=chunk, mesh=mesh)
-  state0 = fc.replicate(algorithm.init(cfg.seed), mesh)
-  params = model.init(jax.random.key(cfg.seed))
+  su = throughput.setup(model_name, max(m, cfg.loop_clients), examples=cfg.examples_per_client,
+                        batch_size=cfg.batch_size, local_steps=cfg.local_steps, seed=cfg.seed)
+  algorithm, state0 = su.fed_avg(m)
+  client_update, host_clients, clients = su.client_update, su.host_clients, su.clients
+  params = su.model.init(jax.random.key(cfg.seed))
   round_key = jax.random.key(cfg.seed)
   codec = fc.identity()
 
