@@ -11,7 +11,9 @@ model's default chunk unless ``--chunk``), compiles it with an HLO dump,
 runs it ``--rounds`` times under `jax.profiler`, and prints the ops that took
 the most device time per round, summed over the devices, each with its
 output shape and the JAX source it came from (``.../Dense_1/dot_general``,
-``.../PatchConv_1/stack``), read from the optimized HLO. The numbers are
+``.../PatchConv_1/stack``), read from the optimized HLO (a fusion that lost
+its metadata shows the source of an operand, marked ``[operand]``;
+``all-reduce`` includes a device's wait for the other). The numbers are
 inflated for ops run many times with little work each (a ``while`` of the
 PRNG, a copy): the profiler's own cost per op lands on them. Compare two
 versions of the code with paired timings (`benchmarks._timing.Pair`), not
@@ -53,17 +55,32 @@ def op_table(trace_path: str, hlo_text: str, rounds: int) -> list[tuple[float, s
   for e in events:
     if e.get("ph") == "X" and not e["name"].startswith(_RUNTIME) and "PjRt" not in e["name"]:
       total[e["name"]] += e["dur"]  # microseconds
-  lines = {}
+  lines, computation_source, computation = {}, {}, None
   for line in hlo_text.splitlines():
-    m = re.match(r"\s*(?:ROOT )?%(\S+) = (\S+(?: \S+)*?) (?:\w|-)+\(", line)
+    header = re.match(r"(?:ENTRY )?%(\S+) .*\{$", line)
+    if header:
+      computation = header.group(1)
+    m = re.match(r"\s*(?:ROOT )?%(\S+) = ", line)
     if m:
       lines.setdefault(m.group(1), line)
+      source = re.search(r'op_name="([^"]*)"', line)
+      if source and computation:
+        computation_source.setdefault(computation, source.group(1))
   rows = []
   for name, us in total.items():
     line = lines.get(name, "")
     shape = line.split("=", 1)[1].strip().split(" ")[0] if line else ""
     source = re.search(r'op_name="([^"]*)"', line)
-    rows.append((us / 1e3 / rounds, name, shape, source.group(1) if source else ""))
+    called = re.search(r"calls=%([\w.\-]+)", line)
+    if source:
+      source = source.group(1)
+    else:  # a fusion without its own metadata: the first source inside it, or an operand's
+      source = computation_source.get(called.group(1), "") if called else ""
+      if not source and line:
+        operands = re.findall(r"%([\w.\-]+)", line.split("=", 1)[1].split("calls=")[0])
+        sources = [re.search(r'op_name="([^"]*)"', lines.get(o, "")) for o in operands]
+        source = next((f"{m.group(1)} [operand]" for m in sources if m), "")
+    rows.append((us / 1e3 / rounds, name, shape, source))
   return sorted(rows, reverse=True)
 
 
