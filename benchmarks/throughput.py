@@ -118,6 +118,15 @@ class Setup(NamedTuple):
                            mesh=self.mesh)
     return algorithm, fc.replicate(algorithm.init(self.seed), self.mesh)  # no per-call reshard
 
+  def loop(self, num_clients: int):
+    """The reference: clients 0..num_clients-1 by a Python loop of jitted single-client
+    updates (FedJAX's default backend), from the seed's initial model, as a callable."""
+    params = self.model.init(jax.random.key(self.seed))
+    round_key = jax.random.key(self.seed)
+    codec = fc.identity()  # one object: loop_round_sums caches its jit per (update, codec)
+    return lambda: fc.loop_round_sums(self.client_update, codec, params, self.host_clients,
+                                      range(num_clients), round_key)
+
 
 def setup(model_name: str, num_clients: int, *, examples: int = 20, batch_size: int = 10,
           local_steps: int = 2, chunk: int | None = None, seed: int = 0) -> Setup:
@@ -141,8 +150,7 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
   backend = jax.default_backend()
   su = setup(model_name, max(sizes), examples=examples, batch_size=batch_size,
              local_steps=local_steps, chunk=chunk, seed=seed)
-  model, client_update, host_clients, clients, chunk = (
-      su.model, su.client_update, su.host_clients, su.clients, su.chunk)
+  model, clients, chunk = su.model, su.clients, su.chunk
   params = model.init(jax.random.key(seed))
   fwd_flops = jax.jit(model.apply).lower(
       params, jnp.zeros((1, *shape))).compile().cost_analysis()["flops"]
@@ -151,15 +159,9 @@ def measure(model_name: str, sizes: list[int], *, examples: int, batch_size: int
   say(f"{model_name}: {fc.num_params(params):,} params, chunk {chunk}, "
       f"{jax.device_count()} {backend} device(s); dense matmul {dense:.1f} GFLOP/s")
 
-  # Reference: one jitted single-client update per client, called from Python,
-  # sampled alternately with each size's round.
-  codec = fc.identity()
-  round_key = jax.random.key(seed)
+  # The reference loop, sampled alternately with each size's round.
   loop_n = min(loop_clients, max(sizes))
-
-  def loop():
-    return fc.loop_round_sums(client_update, codec, params, host_clients, range(loop_n),
-                              round_key)
+  loop = su.loop(loop_n)
 
   out = {"dense_matmul_gflops": dense, "client_chunk": chunk, "loop_clients": loop_n,
          "useful_flops_per_client": useful_flops_per_client}

@@ -57,7 +57,7 @@ def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
   XLA's CPU backend runs it at about half the rate of the forward product.
   Here ``x.T`` is written out first (behind an optimization barrier, so XLA
   cannot fold the transpose back into the dot): the gradient becomes an
-  ordinary [in, b] x [b, out] product, and the MLP round is about 18% faster
+  ordinary [in, b] x [b, out] product, and the MLP round is about 19% faster
   on a 2-core CPU (WORKSPACE.md). Same values as autodiff up to float
   summation order. Being a `jax.custom_vjp`, it has reverse-mode derivatives
   only: `jax.grad`/`jax.vjp` work, `jax.jvp`/`jax.jacfwd` through it raise.

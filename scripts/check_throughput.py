@@ -158,7 +158,6 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from jax import lax  # noqa: E402
 
-import fedjax_comp as fc  # noqa: E402
 from fedjax_comp import kernels  # noqa: E402
 
 from benchmarks import throughput  # noqa: E402
@@ -272,22 +271,15 @@ def _round_figure(model_name: str, cfg: Config, slowdown: int, say) -> Callable[
   su = throughput.setup(model_name, max(m, cfg.loop_clients), examples=cfg.examples_per_client,
                         batch_size=cfg.batch_size, local_steps=cfg.local_steps, seed=cfg.seed)
   algorithm, state0 = su.fed_avg(m)
-  client_update, host_clients, clients = su.client_update, su.host_clients, su.clients
-  params = su.model.init(jax.random.key(cfg.seed))
-  round_key = jax.random.key(cfg.seed)
-  codec = fc.identity()
 
   def vmapped_round():
     state = state0
     for _ in range(slowdown):  # injected: rounds back to back, each on the last one's state
-      state, _ = algorithm.round(state, clients)
+      state, _ = algorithm.round(state, su.clients)
     return state
 
-  def loop():  # FedJAX's way, as benchmarks.throughput times it
-    return fc.loop_round_sums(client_update, codec, params, host_clients,
-                              range(cfg.loop_clients), round_key)
-
-  pair = Pair(vmapped_round, loop, cfg.repeats, cfg.span_ms / 1e3, say)
+  # FedJAX's way, as benchmarks.throughput times it.
+  pair = Pair(vmapped_round, su.loop(cfg.loop_clients), cfg.repeats, cfg.span_ms / 1e3, say)
 
   def measure() -> float:  # (m / round seconds) / (loop clients / loop seconds)
     return m / cfg.loop_clients / pair.ratio()
