@@ -2,6 +2,7 @@
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -15,14 +16,22 @@ def _run(*args):
 
 
 def test_profiles_a_round():
-  out = _run("--model=logistic", "--clients=64", "--rounds=1", "--top=200")
+  top = 100_000  # more than the round has ops, so every op is printed
+  out = _run("--model=logistic", "--clients=64", "--rounds=1", f"--top={top}")
   assert out.returncode == 0, out.stderr[-2000:]
   lines = out.stdout.splitlines()
   assert lines[0].startswith("logistic, 64 clients/round, chunk 64, ")
+  total = float(re.search(r": ([\d.]+) ms of op time per round", lines[0]).group(1))
   rows = lines[2:]
+  assert 10 < len(rows) < top
   times = [float(r.split()[0]) for r in rows]
   assert times == sorted(times, reverse=True) and times[0] > 0
-  assert sum(float(r.split()[1].rstrip("%")) for r in rows) > 98  # every op (rounded shares)
+  # Every op is listed: the rows add up to the header's total and the shares to
+  # 100%, within the printed rounding (0.05 ms for the total, 0.005 ms and
+  # 0.05% per row).
+  assert abs(sum(times) - total) <= 0.05 + 0.005 * len(rows)
+  shares = [float(r.split()[1].rstrip("%")) for r in rows]
+  assert abs(sum(shares) - 100) <= 0.05 * len(rows)
   # The logistic model's one matmul shows up, traced back to its source.
   assert any("Dense_0/dot_general" in r for r in rows)
 
