@@ -58,13 +58,35 @@ def masked_cross_entropy(model: Model) -> LossFn:
   return loss_fn
 
 
+# Up to this many slots, `stable_argsort` ranks by pairwise comparison instead
+# of sorting. Measured in the round on a 2-core CPU, paired (20 examples per
+# client unless said): MLP -10% (also at 32 examples), logistic -28%, 2NN -1%;
+# at 48 examples -2%, at 64 a tie. XLA:CPU's sort of many tiny rows is the
+# slow part; the n^2 comparisons are one fused loop.
+_RANK_MAX = 32
+
+
+def stable_argsort(keys: jax.Array) -> jax.Array:
+  """``jnp.argsort(keys, stable=True)`` of a 1-D array, as int32, bit for bit."""
+  n = keys.shape[0]
+  if n > _RANK_MAX:
+    return jnp.argsort(keys, stable=True).astype(jnp.int32)
+  i = jnp.arange(n, dtype=jnp.int32)
+  # rank[i] = #{j : (keys[j], j) < (keys[i], i)}, slot i's place in the stable
+  # order; the ranks are a permutation, so the inverse is a plain scatter.
+  before = (keys[None, :] < keys[:, None]) | (
+      (keys[None, :] == keys[:, None]) & (i[None, :] < i[:, None]))
+  rank = jnp.sum(before, axis=1, dtype=jnp.int32)
+  return jnp.zeros((n,), jnp.int32).at[rank].set(i, unique_indices=True)
+
+
 def epoch_order(key: jax.Array, num_examples: jax.Array, max_examples: int) -> jax.Array:
   """A random order of the first `num_examples` slots, padding slots after them."""
   bits = jax.random.bits(key, (max_examples,), jnp.uint32)
   # Padding sorts last; a uint32 tie with the sentinel is broken by position.
   bits = jnp.where(jnp.arange(max_examples) < num_examples, bits >> 1,
                    jnp.uint32(2**31))
-  return jnp.argsort(bits, stable=True).astype(jnp.int32)
+  return stable_argsort(bits)
 
 
 def steps_per_epoch(num_examples: jax.Array, batch: int) -> jax.Array:
