@@ -100,8 +100,8 @@ def _scan_chunks(client_update, codec, params, data, round_key, ids, chunk):
       weight=jnp.float32(0), weighted_loss=jnp.float32(0), num_clients=jnp.int32(0),
       num_steps=jnp.int32(0))
 
-  def body(acc, chunk):
-    sums = _chunk_sums(client_update, codec, params, data, *chunk)
+  def body(acc, chunk_ids_and_keys):
+    sums = _chunk_sums(client_update, codec, params, data, *chunk_ids_and_keys)
     return jax.tree.map(jnp.add, acc, sums), None
 
   acc, _ = lax.scan(body, zeros, (chunks, client_keys.reshape(chunks.shape)))
