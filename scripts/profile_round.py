@@ -23,16 +23,20 @@ with two profiles.
 from __future__ import annotations
 
 import argparse
+import atexit
 import collections
 import glob
 import gzip
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 
+# The HLO dump and the trace are scratch: removed when the script exits.
 _DUMP = tempfile.mkdtemp(prefix="fedjax_comp_hlo_")
+atexit.register(shutil.rmtree, _DUMP, ignore_errors=True)
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP}"
                            " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*run_round.*")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -106,13 +110,15 @@ def main(argv=None) -> int:
   round_fn = algorithm.round.lower(state, su.clients).compile()
   jax.block_until_ready(round_fn(state, su.clients))
   trace_dir = tempfile.mkdtemp(prefix="fedjax_comp_trace_")
+  atexit.register(shutil.rmtree, trace_dir, ignore_errors=True)
   with jax.profiler.trace(trace_dir):
     for _ in range(args.rounds):
       jax.block_until_ready(round_fn(state, su.clients))
   traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
   dumps = glob.glob(os.path.join(_DUMP, "*run_round*after_optimizations.txt"))
   if not traces or not dumps:
-    print(f"no trace or HLO dump written (trace {trace_dir}, dump {_DUMP})", file=sys.stderr)
+    print(f"no trace or HLO dump written (found {len(traces)} trace(s) under {trace_dir}, "
+          f"{len(dumps)} HLO dump(s) under {_DUMP})", file=sys.stderr)
     return 1
   with open(max(dumps, key=os.path.getmtime)) as f:
     rows = op_table(max(traces, key=os.path.getmtime), f.read(), args.rounds)

@@ -9,8 +9,9 @@ import sys
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "scripts" / "profile_round.py"
 
 
-def _run(*args):
+def _run(*args, **env_overrides):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env.update(env_overrides)
   return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
                         env=env, timeout=300, check=False)
 
@@ -40,3 +41,10 @@ def test_bad_flags():
   out = _run("--clients=0")
   assert out.returncode == 2
   assert "--clients must be >= 1, got 0" in out.stderr
+
+
+def test_leaves_no_scratch_files(tmp_path):
+  out = _run("--model=logistic", "--clients=8", "--rounds=1", "--top=3", TMPDIR=str(tmp_path))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert len(out.stdout.splitlines()) == 2 + 3
+  assert not list(tmp_path.glob("fedjax_comp_*")), list(tmp_path.iterdir())
