@@ -158,12 +158,16 @@ def weighted_mean(sums: ClientSums) -> Params:
   return jax.tree.map(lambda s: jnp.where(sums.weight > 0, s / denom, 0.0), sums.weighted_delta)
 
 
-# Measured with benchmarks/throughput.py (20 examples, batch 10, 2 steps):
-# on a CPU narrow chunks keep per-client weights in cache; on accelerators
-# wide chunks fill the device.
+# CPU: measured with benchmarks/throughput.py (20 examples, batch 10, 2
+# steps) on a 2-core CPU: narrow chunks keep per-client weights in cache.
+# GPU: the fastest chunk of scripts/device_bench.py's sweep at 10,000 clients
+# on one H200 (docs/measurements/device_bench_h200_2026-11-29.json); wide
+# chunks fill the device, and logistic/mlp were fastest with the whole round
+# in one vmap. A chunk larger than a device's share of the round is cut to it.
+# cifar_cnn's GPU entry is not measured yet (the sweep did not include it).
 _DEFAULT_CHUNK = {
     "cpu": {"logistic": 64, "mlp": 25, "2nn": 1, "cnn": 1, "cifar_cnn": 1},
-    "gpu": {"logistic": 1024, "mlp": 512, "2nn": 128, "cnn": 32, "cifar_cnn": 64},
+    "gpu": {"logistic": 10000, "mlp": 10000, "2nn": 1024, "cnn": 256, "cifar_cnn": 64},
 }
 
 

@@ -1,0 +1,40 @@
+"""scripts/device_bench.sh: the GPU measurement script, smoke-tested on the CPU (--quick)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_section(tmp_path):
+  env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run(["bash", str(ROOT / "scripts" / "device_bench.sh"), "--quick"],
+                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  report = json.loads((tmp_path / "device_bench.json").read_text())
+  assert report["errors"] == {}
+  assert set(report["sections"]) == set(report["wall_s"]) == {
+      "chunk_sweep", "throughput", "kernels", "main_job"}
+  assert report["environment"]["backend"] == "cpu"
+  sweep = report["sections"]["chunk_sweep"]["logistic"]
+  times = {int(c): e["sec_per_round"] for c, e in sweep["chunks"].items()}
+  assert set(times) == {1, 4} and sweep["best_chunk"] == min(times, key=times.get)
+  tp = report["sections"]["throughput"]["logistic"]
+  assert tp["client_chunk"] == sweep["best_chunk"]  # the sweep's winner is what is measured
+  assert {"clients_8", "clients_16"} <= set(tp)
+  assert report["sections"]["main_job"]["rounds"] == 2
+  assert "copy@4x1024" in report["sections"]["kernels"]
+
+
+def test_refuses_stray_arguments(tmp_path):
+  env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+  out = subprocess.run(["bash", str(ROOT / "scripts" / "device_bench.sh"), "--quick", "extra"],
+                       capture_output=True, text=True, env=env, timeout=300, check=False)
+  assert out.returncode != 0 and "unexpected arguments: extra" in out.stderr
