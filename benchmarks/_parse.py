@@ -1,50 +1,73 @@
-"""Flag checks shared by the runners: positive-int-or-word values, the checks table, names."""
+"""Knob parsing shared by the runners: list-valued knobs, and flags a runner does not take.
+
+`CodecList` is the ``--codecs`` flag group of `benchmarks.accuracy_vs_bits`
+and `benchmarks.fl_vs_incenter`: one knob, so one class (absl flags are
+global, and a process, such as the tests, may import both runners); each
+runner sets its own default list in its ``__main__`` block.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
 
-import fedjax_comp as fc
-
-
-def raise_first_failed(checks: Iterable[tuple[bool, str]]) -> None:
-  """Raises ValueError with the message of the first failed ``(ok, message)`` check."""
-  for ok, message in checks:
-    if not ok:
-      raise ValueError(message)
+from fedjax_comp import codecs
+from fedjax_comp.experiment.configs import knob
 
 
-def check_names(*, dataset: str, model: str, codec: str) -> "fc.codecs.Codec":
-  """ValueError listing the valid values for an unknown dataset or model or a bad codec.
+@dataclasses.dataclass(frozen=True)
+class CodecList:
+  """The codecs a sweep compares."""
 
-  Returns the parsed codec.
-  """
-  if dataset.split("/")[0].split(":")[0] not in fc.data.DATASETS:
-    raise ValueError(f"unknown --dataset {dataset!r}; valid: {', '.join(fc.data.DATASETS)}")
-  if model not in fc.MODELS:
-    raise ValueError(f"unknown --model {model!r}; valid: {', '.join(fc.MODELS)}")
+  codecs: str = knob("none", "Codec specs to compare, separated by ';' (a spec itself "
+                     "contains commas); 'none' sends float32.")
+
+  def __post_init__(self):
+    self.specs()
+
+  def specs(self) -> list[str]:
+    """The specs, each checked to parse; ValueError naming ``--codecs`` otherwise."""
+    specs = [s.strip() for s in self.codecs.split(";") if s.strip()]
+    if not specs:
+      raise ValueError("--codecs: give at least one codec spec ('none' for float32)")
+    for spec in specs:
+      try:
+        codecs.parse(spec)
+      except ValueError as e:
+        raise ValueError(f"--codecs: {e}") from e
+    return specs
+
+
+def parse_int_list(text: str, flag: str, *, low: int) -> list[int]:
+  """``"0, 5,20"`` -> [0, 5, 20]; ValueError naming `flag` for a bad entry or one < low."""
   try:
-    return fc.codecs.parse(codec)
+    values = [int(v) for v in text.split(",") if v.strip()]
   except ValueError as e:
-    raise ValueError(f"--codec: {e}") from e
+    raise ValueError(f"--{flag} must be a comma-separated list of integers, got {text!r}") from e
+  bad = [v for v in values if v < low]
+  if bad:
+    raise ValueError(f"--{flag} values must be >= {low}, got {bad}")
+  return values
 
 
-def _positive_int_or_none(text: str, flag: str, none_words: tuple[str, ...]) -> int | None:
-  """Parses a flag that is a positive integer or one of `none_words` (-> None)."""
-  if text.strip().lower() in none_words:
-    return None
+def parse_float_list(text: str, flag: str, *, low: float) -> list[float]:
+  """``"10,100"`` -> [10.0, 100.0]; ValueError naming `flag` unless all are finite and >= low."""
   try:
-    value = int(text)
-  except ValueError:
-    value = 0
-  if value < 1:
-    raise ValueError(f"--{flag} must be a positive integer or {none_words[0]!r}, got {text!r}")
-  return value
+    values = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError as e:
+    raise ValueError(f"--{flag} must be a comma-separated list of numbers, got {text!r}") from e
+  bad = [v for v in values if not v >= low or v == float("inf")]
+  if not values or bad:
+    raise ValueError(f"--{flag} must be a non-empty list of finite values >= {low}, got {text!r}")
+  return values
 
 
-def parse_batch_size(text: str) -> int | None:
-  return _positive_int_or_none(text, "batch_size", ("inf", "none", "full"))
+def refuse_present(names: tuple[str, ...], why: str) -> None:
+  """ValueError if any of the flags `names` was given on the command line.
 
-
-def parse_chunk(text: str) -> int | None:
-  return _positive_int_or_none(text, "client_chunk", ("auto",))
+  For knobs of a shared flag group that a runner has no use for (its --help
+  lists every flag of the groups it defines).
+  """
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  given = [n for n in names if n in flags.FLAGS and flags.FLAGS[n].present]
+  if given:
+    raise ValueError(f"{', '.join('--' + n for n in given)}: {why}")

@@ -1,15 +1,16 @@
-"""Shared driver of the worker-based runners (`benchmarks.latency`, `benchmarks.fl_vs_incenter`).
+"""In-center workers for `benchmarks.latency` and `benchmarks.fl_vs_incenter`: train, then clock.
 
-Loads a dataset split over N workers, trains it with `fedjax_comp.distributed`
-(synchronous SGD, local SGD or DGA), evaluating the workers' mean model every
-``eval_every`` steps, and turns a network model into the simulated clock of
-the run (`network.periodic_times`).
+N workers split a dataset (IID by default), all of them train every step
+with `fedjax_comp.algorithms.sync_sgd` or `periodic_averaging` (local SGD,
+Delayed Gradient Averaging), and the workers' mean model is evaluated every
+``eval_every`` steps. Training does not depend on the network; the simulated
+clock of a run is computed afterwards from the links
+(`clock.periodic_times`), so one training serves every network.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable
 
@@ -17,16 +18,19 @@ import jax
 import numpy as np
 import optax
 
-import fedjax_comp as fc
-from benchmarks._parse import check_names, raise_first_failed
-from fedjax_comp import distributed, network
+from fedjax_comp import algorithms, codecs, evaluation, models, sharding
+from fedjax_comp.data import ClientArrays, load_federated
+from fedjax_comp.experiment import clock
 
 
 @dataclasses.dataclass(frozen=True)
-class WorkerConfig:
+class WorkerTask:
+  """What the workers train. Not a flag group: each runner fills it from its own flags."""
+
   dataset: str = "mnist1d"
   partition: str = "iid"
   dirichlet_alpha: float = 0.5
+  data_dir: str | None = None
   num_workers: int = 16
   model: str = "mlp"
   steps: int = 6000
@@ -35,76 +39,72 @@ class WorkerConfig:
   eval_every: int = 200
   seed: int = 0
   codec: str = "none"
-  data_dir: str | None = None
 
-  def validate(self) -> None:
-    """Raises ValueError naming the flag and its valid range."""
-    checks = [
-        (self.num_workers >= 1, f"--num_workers must be >= 1, got {self.num_workers}"),
-        (self.steps >= 1, f"--steps must be >= 1, got {self.steps}"),
-        (self.batch_size is None or self.batch_size >= 1,
-         f"--batch_size must be >= 1 or 'inf', got {self.batch_size}"),
-        (self.lr > 0 and math.isfinite(self.lr), f"--lr must be > 0, got {self.lr}"),
-        (self.eval_every >= 1, f"--eval_every must be >= 1, got {self.eval_every}"),
-        (self.dirichlet_alpha > 0, f"--dirichlet_alpha must be > 0, got {self.dirichlet_alpha}"),
-    ]
-    raise_first_failed(checks)
-    codec = check_names(dataset=self.dataset, model=self.model, codec=self.codec)
-    if codec.structure is not None:
-      raise ValueError(f"--codec {self.codec!r}: structured codecs (low_rank, random_mask) "
-                       "only work with FedAvg; use a sketch (quantize, hadamard, subsample)")
+  def __post_init__(self):
+    for name, low in (("num_workers", 1), ("steps", 1), ("eval_every", 1)):
+      if getattr(self, name) < low:
+        raise ValueError(f"{name} must be >= {low}, got {getattr(self, name)}")
+    check_codec(self.codec)
+
+
+def check_codec(spec: str) -> codecs.Codec:
+  """The parsed codec; ValueError for a bad spec or one workers cannot use."""
+  codec = codecs.parse(spec)
+  if codec.structure is not None:
+    raise ValueError(f"codec {spec!r}: structured codecs (low_rank, random_mask) only work "
+                     "with FedAvg; use a sketch (quantize, hadamard, subsample)")
+  return codec
 
 
 @dataclasses.dataclass
-class Setup:
-  """What every training of one `WorkerConfig` shares."""
+class Workers:
+  """Everything the trainings of one `WorkerTask` share."""
 
-  cfg: WorkerConfig
-  data: fc.FederatedDataset
-  model: fc.Model
-  shards: fc.ClientArrays
-  test_batches: tuple
+  task: WorkerTask
+  model: models.Model
+  codec: codecs.Codec
+  shards: ClientArrays
+  test_batches: evaluation.EvalBatches
   mesh: object
-  up_bits: int  # one worker's upload, from the codec's payload arrays
-  down_bits: int  # the float32 model (or gradient) the server sends back
+  up_bits: int  # one worker's upload, counted from the codec's payload arrays
+  down_bits: int  # the float32 mean (model or gradient) the server sends back
   num_params: int
 
 
-def setup(cfg: WorkerConfig) -> Setup:
-  cfg.validate()
-  data = fc.load_federated(cfg.dataset, cfg.partition, num_clients=cfg.num_workers,
-                           seed=cfg.seed, alpha=cfg.dirichlet_alpha, data_dir=cfg.data_dir)
-  empty = (np.asarray(data.clients.num_examples) < 1).nonzero()[0]
+def setup(task: WorkerTask) -> Workers:
+  data = load_federated(task.dataset, task.partition, num_clients=task.num_workers,
+                        seed=task.seed, alpha=task.dirichlet_alpha, data_dir=task.data_dir)
+  empty = (data.sizes() < 1).nonzero()[0]
   if empty.size:
-    raise ValueError(f"--partition={cfg.partition} left workers {empty.tolist()} without "
-                     "data; use fewer --num_workers or --partition=iid")
-  model = fc.get_model(cfg.model, data.input_shape, data.num_classes)
+    raise ValueError(f"partition {task.partition!r} left workers {empty.tolist()} without "
+                     "data; use fewer workers or the iid partition")
+  model = models.get_model(task.model, data.input_shape, data.num_classes)
   n_dev = jax.device_count()
-  mesh = fc.clients_mesh(n_dev) if n_dev > 1 and cfg.num_workers % n_dev == 0 else None
+  mesh = sharding.clients_mesh(n_dev) if n_dev > 1 and task.num_workers % n_dev == 0 else None
   params = jax.eval_shape(model.init, jax.random.key(0))  # shapes only: bits need no values
-  codec = fc.codecs.parse(cfg.codec)
-  return Setup(cfg=cfg, data=data, model=model, shards=fc.replicate(data.clients, mesh),
-               test_batches=fc.batch_for_eval(data.test.x, data.test.y), mesh=mesh,
-               up_bits=fc.uplink_bits(codec, params), down_bits=fc.codecs.dense_bits(params),
-               num_params=fc.num_params(params))
+  codec = check_codec(task.codec)
+  return Workers(task=task, model=model, codec=codec,
+                 shards=sharding.replicate(data.clients, mesh),
+                 test_batches=evaluation.batch_for_eval(data.test), mesh=mesh,
+                 up_bits=codecs.uplink_bits(codec, params), down_bits=codecs.dense_bits(params),
+                 num_params=models.num_params(params))
 
 
-def build(s: Setup, *, period: int, delay: int, sync_every_step: bool = False
-          ) -> distributed.WorkerAlgorithm:
+def build(w: Workers, *, period: int, delay: int = 0,
+          sync_every_step: bool = False) -> algorithms.workers.WorkerAlgorithm:
   """Synchronous SGD (`sync_every_step`), else local SGD / DGA with (K, D)."""
-  loss = fc.masked_cross_entropy(s.model)
-  codec = fc.codecs.parse(s.cfg.codec)
+  t = w.task
   if sync_every_step:
-    return distributed.sync_sgd(s.model.init, loss, optax.sgd(s.cfg.lr),
-                                batch_size=s.cfg.batch_size, codec=codec, mesh=s.mesh)
-  return distributed.periodic_averaging(s.model.init, loss, optax.sgd(s.cfg.lr), period=period,
-                                        delay=delay, batch_size=s.cfg.batch_size, codec=codec,
-                                        mesh=s.mesh)
+    return algorithms.sync_sgd(w.model.init, w.model.train_loss, optax.sgd(t.lr),
+                               batch_size=t.batch_size, codec=w.codec, mesh=w.mesh)
+  return algorithms.periodic_averaging(w.model.init, w.model.train_loss, optax.sgd(t.lr),
+                                       period=period, delay=delay, batch_size=t.batch_size,
+                                       codec=w.codec, mesh=w.mesh)
 
 
-def train(s: Setup, alg: distributed.WorkerAlgorithm, *,
-          say: Callable[[str], None] = print, label: str = "") -> dict:
-  """Runs ``cfg.steps`` steps, evaluating every ``eval_every``; never loses what it measured.
+def train(w: Workers, alg: algorithms.workers.WorkerAlgorithm, *,
+          say: Callable[[str], None] | None = print, label: str = "") -> dict:
+  """Runs ``task.steps`` steps, evaluating every ``eval_every``; keeps what it measured.
 
   Returns:
     ``steps`` and ``test_accuracy`` at each evaluation (step 0 included),
@@ -113,30 +113,33 @@ def train(s: Setup, alg: distributed.WorkerAlgorithm, *,
     ``steps_done``, and ``error`` (None, or the message naming the steps where
     the loss or the model became non-finite, after which training stopped).
   """
-  cfg = s.cfg
-  state = alg.init(cfg.seed, cfg.num_workers)
-  ev = jax.device_get(fc.evaluate(s.model, alg.model(state), s.test_batches))
-  history = {"steps": [0], "test_accuracy": [float(ev.accuracy)]}
+  say = say or (lambda _: None)
+  t = w.task
+  state = alg.init(t.seed, t.num_workers)
+  evaluate = lambda s: jax.device_get(evaluation.evaluate(w.model, alg.model(s),  # noqa: E731
+                                                          w.test_batches))
+  ev = evaluate(state)
+  history = {"steps": [0], "test_accuracy": [float(ev["accuracy"])]}
   first_call_s = train_s = 0.0
-  done, error, last = 0, None, (float(ev.accuracy), float(ev.loss))
-  while done < cfg.steps:
-    n = min(cfg.eval_every, cfg.steps - done)
-    t = time.perf_counter()
-    new_state, metrics = alg.run(state, s.shards, n)
+  done, error, last = 0, None, (float(ev["accuracy"]), float(ev["loss"]))
+  while done < t.steps:
+    n = min(t.eval_every, t.steps - done)
+    start = time.perf_counter()
+    new_state, metrics = alg.run(state, w.shards, n)
     losses = np.asarray(jax.device_get(metrics.loss))
-    elapsed = time.perf_counter() - t
-    if done == 0 or n != cfg.eval_every:
+    elapsed = time.perf_counter() - start
+    if done == 0 or n != t.eval_every:
       first_call_s += elapsed  # the first call of each length compiles
     else:
       train_s += elapsed
     if not (bool(metrics.finite) and np.isfinite(losses).all()):
       error = (f"non-finite loss or model between steps {done + 1} and {done + n}; stopping. "
-               "Try a smaller --lr.")
+               "Try a smaller learning rate.")
       say(f"{label}: {error}")
       break
     state, done = new_state, done + n
-    ev = jax.device_get(fc.evaluate(s.model, alg.model(state), s.test_batches))
-    last = (float(ev.accuracy), float(ev.loss))
+    ev = evaluate(state)
+    last = (float(ev["accuracy"]), float(ev["loss"]))
     history["steps"].append(done)
     history["test_accuracy"].append(last[0])
   say(f"{label:<28} test_acc {last[0]:.4f} after {done} steps "
@@ -145,51 +148,27 @@ def train(s: Setup, alg: distributed.WorkerAlgorithm, *,
           "steps_done": done, "train_s": train_s, "first_call_s": first_call_s, "error": error}
 
 
-def worker_links(s: Setup, net: network.NetworkModel) -> network.Links:
-  return network.sample_links(net, s.cfg.num_workers, s.cfg.seed)
+def links(w: Workers, net: clock.NetworkModel) -> clock.Links:
+  """The workers' links under `net` (drawn from the task's seed)."""
+  return clock.sample_links(net, w.task.num_workers, w.task.seed)
 
 
-def comm_and_step(s: Setup, links: network.Links) -> tuple[float, float]:
+def comm_and_step(w: Workers, worker_links: clock.Links) -> tuple[float, float]:
   """(seconds of one averaging through the server, seconds of one lock-step step)."""
-  ids = np.arange(s.cfg.num_workers)
-  comm = network.allreduce_time(links, ids, up_bits=s.up_bits, down_bits=s.down_bits)
-  return comm, float(np.max(links.step_s))
+  ids = np.arange(w.task.num_workers)
+  comm = clock.allreduce_time(worker_links, ids, up_bits=w.up_bits, down_bits=w.down_bits)
+  return comm, float(np.max(worker_links.step_s))
 
 
-def derived_delay(s: Setup, links: network.Links) -> int:
-  """D that hides the averaging behind local steps (`network.delay_steps`)."""
-  ids = np.arange(s.cfg.num_workers)
-  return network.delay_steps(links, ids, up_bits=s.up_bits, down_bits=s.down_bits)
+def derived_delay(w: Workers, worker_links: clock.Links) -> int:
+  """The D that hides one averaging behind local steps (`clock.delay_steps`)."""
+  ids = np.arange(w.task.num_workers)
+  return clock.delay_steps(worker_links, ids, up_bits=w.up_bits, down_bits=w.down_bits)
 
 
-def clock(s: Setup, links: network.Links, *, period: int, delay: int) -> np.ndarray:
-  """Simulated clock after each step (index 0 is step 1)."""
-  comm, step = comm_and_step(s, links)
-  return network.periodic_times(s.cfg.steps, period, delay, step, comm)
-
-
-def times_at(clock_s: np.ndarray, steps) -> list[float]:
-  """The clock at evaluation steps (0 at step 0)."""
-  return [0.0 if k == 0 else float(clock_s[k - 1]) for k in steps]
-
-
-def parse_int_list(text: str, flag: str, *, low: int) -> list[int]:
-  try:
-    values = [int(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise ValueError(f"--{flag} must be a comma-separated list of integers, got {text!r}") from e
-  bad = [v for v in values if v < low]
-  if bad:
-    raise ValueError(f"--{flag} values must be >= {low}, got {bad}")
-  return values
-
-
-def parse_float_list(text: str, flag: str, *, low: float) -> list[float]:
-  try:
-    values = [float(v) for v in text.split(",") if v.strip()]
-  except ValueError as e:
-    raise ValueError(f"--{flag} must be a comma-separated list of numbers, got {text!r}") from e
-  bad = [v for v in values if not v >= low or v == float("inf")]
-  if not values or bad:
-    raise ValueError(f"--{flag} must be a non-empty list of finite values >= {low}, got {text!r}")
-  return values
+def times_at(w: Workers, worker_links: clock.Links, steps: list[int], *, period: int,
+             delay: int = 0) -> list[float]:
+  """The simulated clock at each of `steps` (0 at step 0), averaging every K with delay D."""
+  comm, step = comm_and_step(w, worker_links)
+  after = clock.periodic_times(w.task.steps, period, delay, step, comm)
+  return [0.0 if k == 0 else float(after[k - 1]) for k in steps]

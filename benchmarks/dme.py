@@ -63,13 +63,17 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import matplotlib.ticker
-from absl import app, flags
+from absl import flags
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import fedjax_comp as fc
-from fedjax_comp import codecs, kernels, keys, results
-from fedjax_comp.aggregation import CLIENTS_AXIS
+from fedjax_comp import codecs, kernels, keys
+from fedjax_comp.data.stores import memory_budget
+from fedjax_comp.experiment import results
+from fedjax_comp.sharding import CLIENTS_AXIS
+
+from benchmarks import _flags
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -82,29 +86,20 @@ DEFAULT_CODECS = (
 
 
 def define_flags() -> dict:
-  """Defines the runner's absl flags; returns their holders by name.
-
-  Called only when the module runs as a script: several runners share flag
-  names (--codec, --num_clients, --seed, --output_dir), so defining them at
-  import would make importing two runners in one process (the test suite)
-  raise DuplicateFlagError.
-  """
+  """The runner's flags, defined only when it runs (importing it defines none); numbers
+  are text, parsed by `config_from_flags` into one line naming a bad flag."""
+  text = flags.DEFINE_string
   return {
-      "codec": flags.DEFINE_string(
-          "codec", "hadamard,quantize(bits=2)",
-          "One codec spec to measure (see fedjax_comp.codecs for the grammar); when given, "
-          "it replaces --codecs."),
-      "codecs": flags.DEFINE_string(
-          "codecs", ";".join(DEFAULT_CODECS),
-          "Codec specs to compare, separated by ';' (used unless --codec is given)."),
-      "dim": flags.DEFINE_integer("dim", 2**14, "Coordinates per client vector."),
-      "num_clients": flags.DEFINE_integer("num_clients", 100, "Clients n."),
-      "distribution": flags.DEFINE_enum(
-          "distribution", "lognormal", DISTRIBUTIONS,
-          "Client vectors' coordinates; 'shared': one Normal vector held by every client."),
-      "trials": flags.DEFINE_integer("trials", 10, "Trials (fresh vectors and keys) per codec."),
-      "seed": flags.DEFINE_integer("seed", 0, "Seed."),
-      "output_dir": flags.DEFINE_string("output_dir", "results/dme", "Where results go."),
+      "codec": text("codec", "hadamard,quantize(bits=2)", "One codec spec to measure (grammar: "
+                    "fedjax_comp.codecs.spec); when given, it replaces --codecs."),
+      "codecs": text("codecs", ";".join(DEFAULT_CODECS), "Codec specs to compare, separated "
+                     "by ';' (used unless --codec is given)."),
+      "dim": text("dim", str(2**14), "Coordinates per client vector, in [1, 2**30]."),
+      "num_clients": text("num_clients", "100", "Clients n, >= 1."),
+      "distribution": text("distribution", "lognormal", "Client vectors' coordinates: "
+                           f"{', '.join(DISTRIBUTIONS)} ('shared': one Normal vector for all)."),
+      "trials": text("trials", "10", "Trials (fresh vectors and keys) per codec, >= 1."),
+      "seed": text("seed", "0", "Seed, in [0, 2**32)."),
   }
 
 
@@ -118,17 +113,13 @@ class Config:
   seed: int = 0
 
   def validate(self) -> None:
-    """Raises ValueError naming the flag and its valid range."""
-    checks = [
-        (self.dim >= 1, f"--dim must be >= 1, got {self.dim}"),
-        (self.num_clients >= 1, f"--num_clients must be >= 1, got {self.num_clients}"),
-        (self.trials >= 1, f"--trials must be >= 1, got {self.trials}"),
-        (0 <= self.seed < 2**32, f"--seed must be in [0, 2**32), got {self.seed}"),
-        (len(self.codecs) >= 1, "--codecs must name at least one codec spec"),
-    ]
-    for ok, message in checks:
-      if not ok:
-        raise ValueError(message)
+    """Raises ValueError naming the flag and its valid range (memory included)."""
+    _int("dim", self.dim, *_DIM)
+    for flag in ("num_clients", "trials"):
+      _int(flag, getattr(self, flag), *_AT_LEAST_1)
+    _int("seed", self.seed, *_SEED)
+    if not self.codecs:
+      raise ValueError("--codecs must name at least one codec spec")
     if self.distribution not in DISTRIBUTIONS:
       raise ValueError(f"unknown --distribution {self.distribution!r}; valid: "
                        f"{', '.join(DISTRIBUTIONS)}")
@@ -138,6 +129,49 @@ class Config:
         raise ValueError(f"--codecs lists {spec!r} twice")
       seen.add(spec)
       parse_dme_codec(spec)
+    ndev = _num_devices(self.num_clients)
+    check_memory(self, ndev, memory_budget(fc.clients_mesh(ndev)))
+
+
+_AT_LEAST_1 = ("an integer >= 1", lambda v: v >= 1)
+_SEED = ("an integer in [0, 2**32)", lambda v: 0 <= v < 2**32)
+MAX_DIM = 2**30  # jnp indexes with int32, and the rotation pads to the next power of two
+_DIM = ("an integer in [1, 2**30]", lambda v: v >= 1)  # the top: `check_memory`, after bytes
+
+
+def _int(flag: str, value, rule: str, ok) -> int:
+  """`value` (an int, or its text) if it is an integer meeting `ok`, else a ValueError."""
+  try:
+    number = None if isinstance(value, (bool, float)) else int(str(value).strip())
+  except ValueError:
+    number = None
+  if number is None or not ok(number):
+    raise ValueError(f"--{flag} must be {rule}, got {value!r}")
+  return number
+
+
+def bytes_needed(cfg: Config, num_devices: int) -> int:
+  """Bytes one device holds at the peak of a trial, estimated before anything is allocated:
+  its share of the clients' float32 vectors and of four float32 buffers of the padded
+  length (payloads, at most dense; the encoder's rotated copy; the decoded vectors; the
+  evaluation's differences)."""
+  per_client = 4 * cfg.dim + 4 * 4 * kernels.next_pow2(cfg.dim)
+  return -(-cfg.num_clients // num_devices) * per_client
+
+
+def check_memory(cfg: Config, num_devices: int, budget: int) -> None:
+  """Refuses, naming the bytes, a run that would not fit in `budget` bytes per device,
+  then a vector longer than `MAX_DIM` (on a device with the memory for it)."""
+  need = bytes_needed(cfg, num_devices)
+  if need > budget:
+    raise ValueError(
+        f"--dim={cfg.dim} with --num_clients={cfg.num_clients} needs about "
+        f"{need / 2**30:.2f} GiB per device (client vectors, payloads, decode buffers), over "
+        f"the budget of {budget / 2**30:.2f} GiB (half a device's memory); lower --dim or "
+        "--num_clients")
+  if cfg.dim > MAX_DIM:
+    raise ValueError(f"--dim must be an integer in [1, 2**30] (jax indexes a vector with "
+                     f"int32, and a rotation pads it to a power of two), got {cfg.dim}")
 
 
 def parse_dme_codec(spec: str) -> codecs.Codec:
@@ -333,32 +367,31 @@ def plot_vnmse_vs_bits(path, metrics: dict, title: str) -> None:
   """Log-log: vnmse against bits per coordinate, one labelled point per spec (and its bound)."""
   fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
   points = [(s, m) for s, m in metrics.items() if m["vnmse"] > 0]  # log axes: drop exact
+  bits = lambda ms: [m["bits_per_coordinate"] for m in ms]
   if points:
-    ax.scatter([m["bits_per_coordinate"] for _, m in points], [m["vnmse"] for _, m in points],
+    ax.scatter(bits(m for _, m in points), [m["vnmse"] for _, m in points],
                label="measured vNMSE", zorder=3)
     for i, (spec, m) in enumerate(points):  # alternate sides: equal-bits specs stack
       ax.annotate(spec, (m["bits_per_coordinate"], m["vnmse"]), textcoords="offset points",
                   xytext=(5, 3) if i % 2 else (5, -9), fontsize=7)
-  bounds = [m for _, m in points if m["suresh_bound"] is not None]
-  if bounds:
-    ax.scatter([m["bits_per_coordinate"] for m in bounds], [m["suresh_bound"] for m in bounds],
-               marker="x", color="gray", label="Suresh et al. bound")
-  ax.set_xscale("log")
-  ax.set_yscale("log")
-  if points:  # tick the measured rates themselves
-    ticks = sorted({m["bits_per_coordinate"] for _, m in points})
+    ticks = sorted(set(bits(m for _, m in points)))  # tick the measured rates themselves
+    ax.set_xscale("log")
     ax.set_xticks(ticks, [f"{t:.3g}" for t in ticks])
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.legend(fontsize=8)
+  bounds = [m for _, m in points if m["suresh_bound"] is not None]
+  if bounds:
+    ax.scatter(bits(bounds), [m["suresh_bound"] for m in bounds], marker="x", color="gray",
+               label="Suresh et al. bound")
+    ax.legend(fontsize=8)
   exact = [s for s, m in metrics.items() if m["vnmse"] <= 0]
   if exact:
     ax.text(0.01, 0.01, "vNMSE 0 (not shown): " + ", ".join(exact), transform=ax.transAxes,
             fontsize=7, va="bottom")
-  ax.set_xlabel("bits per coordinate")
-  ax.set_ylabel("vNMSE (one client)")
+  ax.set_yscale("log")
+  ax.set(xlabel="bits per coordinate", ylabel="vNMSE (one client)")
   ax.set_title(title, fontsize=9)
   ax.grid(alpha=0.3, which="both")
-  if points:
-    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path)
   plt.close(fig)
@@ -378,9 +411,8 @@ def run(cfg: Config, output_dir: str, verbose: bool = True) -> dict:
   recorder = results.RunRecorder(output_dir, "dme")
   metrics = {spec: measure_codec(spec, cfg, mesh, sample, ids, say=say, log=recorder.log)
              for spec in cfg.codecs}
-  title = (f"DME: n={cfg.num_clients}, d={cfg.dim}, {cfg.distribution}, "
-           f"{cfg.trials} trials")
-  plot_vnmse_vs_bits(f"{output_dir}/vnmse_vs_bits.png", metrics, title)
+  plot_vnmse_vs_bits(f"{output_dir}/vnmse_vs_bits.png", metrics, f"DME: n={cfg.num_clients}, "
+                     f"d={cfg.dim}, {cfg.distribution}, {cfg.trials} trials")
   extras = {"config": dataclasses.asdict(cfg), "seed": cfg.seed, "devices_used": ndev,
             **results.environment()}
   path = recorder.finish(succeeded=True, metrics=metrics, extras=extras)
@@ -389,27 +421,30 @@ def run(cfg: Config, output_dir: str, verbose: bool = True) -> dict:
 
 
 def config_from_flags(holders: dict) -> Config:
-  """The Config of the parsed flags: --codec alone when given, else the --codecs list."""
+  """The checked Config of the flags: --codec alone when given, else the --codecs list."""
   specs = ((holders["codec"].value,) if holders["codec"].present
            else parse_codec_list(holders["codecs"].value))
-  return Config(codecs=specs, dim=holders["dim"].value,
-                num_clients=holders["num_clients"].value,
-                distribution=holders["distribution"].value, trials=holders["trials"].value,
-                seed=holders["seed"].value)
+  cfg = Config(codecs=specs, dim=_int("dim", holders["dim"].value, *_DIM),
+               num_clients=_int("num_clients", holders["num_clients"].value, *_AT_LEAST_1),
+               distribution=holders["distribution"].value,
+               trials=_int("trials", holders["trials"].value, *_AT_LEAST_1),
+               seed=_int("seed", holders["seed"].value, *_SEED))
+  cfg.validate()
+  return cfg
 
 
-def main(argv, holders: dict):
-  del argv
+def main(holders: dict) -> int:
   if holders["codec"].present and holders["codecs"].present:
     print("note: --codec given, so --codecs is ignored")
-  try:
-    cfg = config_from_flags(holders)
-    cfg.validate()
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  run(cfg, holders["output_dir"].value)
+  cfg = config_from_flags(holders)
+  if _flags.RESUME.value:
+    raise ValueError("--resume: a DME run has no checkpoint; use --overwrite")
+  out = _flags.check_output_dir(_flags.OUTPUT_DIR.value or "results/dme",
+                                overwrite=_flags.OVERWRITE.value)
+  run(cfg, out)
+  return 0
 
 
 if __name__ == "__main__":
   _HOLDERS = define_flags()
-  app.run(lambda argv: main(argv, _HOLDERS))
+  _flags.main(lambda: main(_HOLDERS))

@@ -22,36 +22,29 @@ Each timing is the median of ``--repeats`` runs after a warm-up, with
 `jax.block_until_ready`; compile time is reported apart. ``ratio_to_copy``
 divides by the copy timed in the same run, so the ratios are comparable
 across machines even when absolute times are not. ``gb_per_s`` counts bytes
-read plus bytes written. Metrics are keyed ``"<kernel>@<batch>x<dim>"``.
+read plus bytes written. Metrics are keyed ``"<kernel>@<batch>x<dim>"``. The
+subjects (`benchmarks._throughput_setup`) are the ones the CI check times.
 """
 
 from __future__ import annotations
 
 from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 
-import statistics
-import time
+from absl import flags
 
-import jax
-import jax.numpy as jnp
-import numpy as np
-from absl import app, flags
+from benchmarks import _flags
+from benchmarks import _throughput_setup as subjects
+from fedjax_comp import kernels
+from fedjax_comp.experiment import results
 
-from fedjax_comp import codecs, kernels, results
-
-_SHAPES = flags.DEFINE_list("shapes", ["1024x16384", "4096x1024", "1x1048576"],
-                            "batch x dim shapes to time.", allow_override=True)
-_BITS = flags.DEFINE_list("bits", ["1", "2", "4", "8"], "Quantization bit widths.", allow_override=True)
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed runs per kernel (the median is kept).", allow_override=True)
-_OUTPUT_DIR = flags.DEFINE_string("output_dir", "results/kernels", "Where results go.", allow_override=True)
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of the data.", allow_override=True)
-
-_DENSE_MAX_DIM = 4096  # H_4096 is 64 MB in float32; larger ones do not fit sensibly
+DEFAULT_SHAPES = ("1024x16384", "4096x1024", "1x1048576")
+DEFAULT_BITS = ("1", "2", "4", "8")
 
 
 def parse_shape(text: str) -> tuple[int, int]:
+  """``"BATCHxDIM"`` -> (batch, dim), dim a power of two."""
   try:
-    batch, dim = (int(v) for v in text.lower().split("x"))
+    batch, dim = (int(v) for v in text.strip().lower().split("x"))
   except ValueError:
     raise ValueError(f"--shapes entries are BATCHxDIM, e.g. 1024x16384; got {text!r}") from None
   if batch < 1 or dim < 1 or not kernels.is_pow2(dim):
@@ -59,109 +52,67 @@ def parse_shape(text: str) -> tuple[int, int]:
   return batch, dim
 
 
-def time_fn(fn, *args, repeats: int) -> tuple[float, float]:
-  """(compile + first run seconds, median warm seconds)."""
-  t = time.perf_counter()
-  jax.block_until_ready(fn(*args))
-  first = time.perf_counter() - t
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t)
-  return first, statistics.median(times)
-
-
-def _nbytes(tree) -> int:
-  return sum(int(np.prod(l.shape)) * l.dtype.itemsize for l in jax.tree.leaves(tree))
-
-
-def run(shapes, bits_list, repeats: int, output_dir: str, seed: int = 0, verbose: bool = True):
-  say = print if verbose else (lambda *a, **k: None)
-  recorder = results.RunRecorder(output_dir, "kernels")
-  metrics = {}
-  key = jax.random.key(seed)
-
-  def record(name, shape, first, sec, bytes_moved, copy_s, **extra):
-    m = {"sec": sec, "compile_s": max(first - sec, 0.0), "ratio_to_copy": sec / copy_s,
-         "gb_per_s": bytes_moved / sec / 1e9, **extra}
-    metrics[f"{name}@{shape[0]}x{shape[1]}"] = m
-    recorder.log({"kernel": name, "shape": list(shape), **m})
-    say(f"{name:<24} {shape[0]:>5}x{shape[1]:<8} {sec * 1e3:9.2f} ms  "
-        f"{m['ratio_to_copy']:6.2f}x copy  {m['gb_per_s']:6.2f} GB/s")
-
-  for shape in shapes:
-    x = jax.random.normal(jax.random.fold_in(key, shape[0] * shape[1]), shape, jnp.float32)
-    nbytes = x.size * 4
-    copy = jax.jit(lambda v: -v)
-    first, copy_s = time_fn(copy, x, repeats=repeats)
-    record("copy", shape, first, copy_s, 2 * nbytes, copy_s)
-
-    first, sec = time_fn(jax.jit(kernels.fwht), x, repeats=repeats)
-    record("fwht", shape, first, sec, 2 * nbytes, copy_s)
-    rot = jax.jit(lambda k, v: kernels.rotate(k, v))
-    first, sec = time_fn(rot, key, x, repeats=repeats)
-    record("rotate", shape, first, sec, 2 * nbytes, copy_s)
-    if shape[1] <= _DENSE_MAX_DIM:
-      h = jnp.asarray(kernels.hadamard_matrix(shape[1], np.float32) / np.sqrt(shape[1]))
-      dense = jax.jit(lambda v, h: v @ h)
-      first, sec = time_fn(dense, x, h, repeats=repeats)
-      record("dense_hadamard", shape, first, sec, 2 * nbytes + h.size * 4, copy_s,
-             fwht_speedup=sec / metrics[f"fwht@{shape[0]}x{shape[1]}"]["sec"])
-
-    for bits in bits_list:
-      def qpack(k, v, bits=bits):
-        codes, lo, hi = kernels.quantize(k, v, bits)
-        return kernels.pack(codes, bits), lo, hi
-
-      def unpack_deq(words, lo, hi, bits=bits, n=shape[1]):
-        return kernels.dequantize(kernels.unpack(words, bits, n), lo, hi, bits)
-
-      qpack = jax.jit(qpack)
-      packed = qpack(key, x)
-      first, sec = time_fn(qpack, key, x, repeats=repeats)
-      record(f"quantize_pack/{bits}", shape, first, sec, nbytes + _nbytes(packed), copy_s)
-      unpack_deq = jax.jit(unpack_deq)
-      first, sec = time_fn(unpack_deq, *packed, repeats=repeats)
-      record(f"unpack_dequantize/{bits}", shape, first, sec, nbytes + _nbytes(packed), copy_s)
-
-      if shape[0] == 1:
-        codec = codecs.parse(f"hadamard,quantize(bits={bits})")
-        vec = x[0]
-
-        def roundtrip(k, v, codec=codec):
-          payload, _ = codec.encode(k, v, codec.init(v))
-          return codec.decode(k, payload)
-
-        roundtrip = jax.jit(roundtrip)
-        first, sec = time_fn(roundtrip, key, vec, repeats=repeats)
-        trial_keys = jax.random.split(jax.random.fold_in(key, 7), 20)
-        errs = [float(jnp.sum((roundtrip(k, vec) - vec) ** 2) / jnp.sum(vec**2))
-                for k in trial_keys]
-        record(f"codec_roundtrip/{bits}", shape, first, sec, 2 * nbytes, copy_s,
-               vnmse=float(np.mean(errs)),
-               bits_per_coordinate=codecs.uplink_bits(codec, vec) / shape[1])
-
-  path = recorder.finish(succeeded=True, metrics=metrics,
-                         extras={"shapes": [list(s) for s in shapes], "bits": list(bits_list),
-                                 "repeats": repeats, **results.environment()})
-  say(f"results: {path}")
-  return metrics
-
-
-def main(argv):
-  del argv
+def parse_bits(text: str) -> int:
   try:
-    shapes = [parse_shape(s) for s in _SHAPES.value]
-    bits_list = [int(b) for b in _BITS.value]
-    for b in bits_list:
-      kernels._check_bits(b)
-    if _REPEATS.value < 1:
-      raise ValueError(f"--repeats must be >= 1, got {_REPEATS.value}")
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
-  run(shapes, bits_list, _REPEATS.value, _OUTPUT_DIR.value, _SEED.value)
+    bits = int(text.strip())
+    kernels.check_bits(bits)
+  except ValueError:
+    raise ValueError(f"--bits entries must be integers in 1..8, got {text!r}") from None
+  return bits
+
+
+def parse_count(flag: str, text: str, low: int, high: int | None = None) -> int:
+  rule = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
+  try:
+    value = int(str(text).strip())
+  except ValueError:
+    value = None
+  if value is None or value < low or (high is not None and value > high):
+    raise ValueError(f"--{flag} must be {rule}, got {text!r}")
+  return value
+
+
+def check_memory(shapes, budget: int) -> None:
+  """Refuses, naming the bytes, a shape whose arrays would not fit in `budget`."""
+  for batch, dim in shapes:
+    need = subjects.kernel_bytes(batch, dim)
+    if need > budget:
+      raise ValueError(f"--shapes: {batch}x{dim} needs about {need / 2**30:.2f} GiB (input, "
+                       f"output and codes in float32), over the budget of "
+                       f"{budget / 2**30:.2f} GiB (half a device's memory)")
+
+
+def define_flags() -> dict:
+  return {
+      "shapes": flags.DEFINE_list("shapes", list(DEFAULT_SHAPES), "batch x dim shapes to time."),
+      "bits": flags.DEFINE_list("bits", list(DEFAULT_BITS), "Quantization bit widths, 1..8."),
+      "repeats": flags.DEFINE_string("repeats", "5", "Timed runs per kernel (the median is "
+                                     "kept), >= 1."),
+      "seed": flags.DEFINE_string("seed", "0", "Seed of the data, in [0, 2**32)."),
+  }
+
+
+def main(holders: dict) -> int:
+  if not holders["shapes"].value or not holders["bits"].value:
+    raise ValueError("--shapes and --bits must each list at least one entry")
+  shapes = [parse_shape(s) for s in holders["shapes"].value]
+  bits_list = [parse_bits(b) for b in holders["bits"].value]
+  repeats = parse_count("repeats", holders["repeats"].value, 1)
+  seed = parse_count("seed", holders["seed"].value, 0, 2**32 - 1)
+  if _flags.RESUME.value:
+    raise ValueError("--resume: a kernels run has no checkpoint; use --overwrite")
+  check_memory(shapes, subjects.device_budget())
+  out = _flags.check_output_dir(_flags.OUTPUT_DIR.value or "results/kernels",
+                                overwrite=_flags.OVERWRITE.value)
+  recorder = results.RunRecorder(out, "kernels")
+  metrics = subjects.measure_kernels(shapes, bits_list, repeats, seed, log=recorder.log)
+  path = recorder.finish(succeeded=True, metrics=metrics,
+                         extras={"shapes": [list(s) for s in shapes], "bits": bits_list,
+                                 "repeats": repeats, **results.environment()})
+  print(f"results: {path}")
+  return 0
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _HOLDERS = define_flags()
+  _flags.main(lambda: main(_HOLDERS))

@@ -1,53 +1,57 @@
-"""Central evaluation of the server model on the held-out test split."""
+"""Central evaluation of a model on a held-out split, with the model's own metrics."""
 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from fedjax_comp.data.examples import Examples
 from fedjax_comp.models import Model, Params
 
 
-class EvalMetrics(NamedTuple):
-  accuracy: jax.Array
-  loss: jax.Array
+class EvalBatches(dict):
+  """A split as ``[num_batches, batch_size, ...]`` device arrays: the features and ``"mask"``."""
 
 
-@functools.partial(jax.jit, static_argnames=("apply",))
-def _evaluate(apply, params, x, y, mask):
+@functools.partial(jax.jit, static_argnames=("eval_metrics",))
+def _evaluate(eval_metrics, params, features, mask):
   def batch_sums(_, batch):
-    bx, by, bm = batch
-    logits = apply(params, bx)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, by)
-    correct = (jnp.argmax(logits, -1) == by)
-    return None, (jnp.sum(jnp.where(bm, loss, 0.0)), jnp.sum(correct & bm))
+    feats, m = batch
+    return None, eval_metrics(params, feats, m)
 
-  _, (losses, corrects) = jax.lax.scan(batch_sums, None, (x, y, mask))
-  count = jnp.sum(mask)
-  return EvalMetrics(accuracy=jnp.sum(corrects) / count, loss=jnp.sum(losses) / count)
+  _, sums = jax.lax.scan(batch_sums, None, (features, mask))
+  return {name: jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
+          for name, (total, count) in sums.items()}
 
 
-def batch_for_eval(x: np.ndarray, y: np.ndarray, batch_size: int = 1000):
-  """Pads and reshapes a split into ``[num_batches, batch_size, ...]`` device arrays."""
-  n = len(y)
+def batch_for_eval(split: Examples | Mapping[str, np.ndarray],
+                   batch_size: int = 1000) -> EvalBatches:
+  """Pads and reshapes a split (an `Examples`, or a dict of features) into batches.
+
+  Padded examples have ``mask`` False and count in no metric.
+  """
+  features = ({"x": split.x, "y": split.y} if isinstance(split, Examples)
+              else {k: np.asarray(v) for k, v in split.items()})
+  n = len(next(iter(features.values())))
   if n == 0:
     raise ValueError("cannot evaluate on an empty split")
   batch_size = min(batch_size, n)
   num_batches = -(-n // batch_size)
   pad = num_batches * batch_size - n
-  x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-  y = np.concatenate([y, np.zeros((pad,), y.dtype)])
-  mask = np.arange(num_batches * batch_size) < n
   shape = (num_batches, batch_size)
-  return (jnp.asarray(x.reshape(*shape, *x.shape[1:])), jnp.asarray(y.reshape(shape)),
-          jnp.asarray(mask.reshape(shape)))
+  out = EvalBatches()
+  for k, v in features.items():
+    v = np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
+    out[k] = jnp.asarray(v.reshape(*shape, *v.shape[1:]))
+  out["mask"] = jnp.asarray((np.arange(num_batches * batch_size) < n).reshape(shape))
+  return out
 
 
-def evaluate(model: Model, params: Params, batches) -> EvalMetrics:
-  """Accuracy and mean cross-entropy over batches from `batch_for_eval`."""
-  return _evaluate(model.apply, params, *batches)
+def evaluate(model: Model, params: Params, batches: EvalBatches) -> dict[str, jax.Array]:
+  """The model's metrics (e.g. ``accuracy``, ``loss``) over batches from `batch_for_eval`."""
+  features = {k: v for k, v in batches.items() if k != "mask"}
+  return _evaluate(model.eval_metrics, params, features, batches["mask"])

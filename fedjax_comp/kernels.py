@@ -244,7 +244,8 @@ def _check_float(x, who: str):
     raise ValueError(f"{who} needs a floating-point array, got dtype {x.dtype}")
 
 
-def _check_bits(bits: int):
+def check_bits(bits: int) -> None:
+  """Raises ValueError unless `bits` is an integer in 1..8 (the code widths `pack` supports)."""
   if not (isinstance(bits, (int, np.integer)) and 1 <= bits <= 8):
     raise ValueError(f"bits must be an integer in 1..8, got {bits!r}")
 
@@ -287,7 +288,7 @@ def quantize(key: jax.Array | None, x: jax.Array, bits: int, *, stochastic: bool
     (never to finite garbage); an infinite value makes the step infinite,
     with the same effect.
   """
-  _check_bits(bits)
+  check_bits(bits)
   _check_float(x, "quantize")
   levels = 2**bits - 1
   x = x.astype(jnp.float32)
@@ -315,7 +316,7 @@ def quantize(key: jax.Array | None, x: jax.Array, bits: int, *, stochastic: bool
 def dequantize(codes: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
                dtype=jnp.float32) -> jax.Array:
   """Inverse of `quantize`: ``(1 - w) lo + w hi`` with ``w = code / (2^bits - 1)``."""
-  _check_bits(bits)
+  check_bits(bits)
   w = codes.astype(jnp.float32) * (1.0 / (2**bits - 1))
   lo, hi = lo[..., None], hi[..., None]
   x = (1.0 - w) * lo + w * hi
@@ -342,7 +343,7 @@ def _fields(bits: int) -> list[tuple[int, int]]:
 
 def pack(codes: jax.Array, bits: int) -> jax.Array:
   """Packs `bits`-bit codes ``[..., n]`` (uint32 < 2^bits) into uint32 ``[..., bits, ceil(n/32)]``."""
-  _check_bits(bits)
+  check_bits(bits)
   n = codes.shape[-1]
   groups = -(-n // 32)
   codes = codes.astype(jnp.uint32)
@@ -361,7 +362,7 @@ def pack(codes: jax.Array, bits: int) -> jax.Array:
 
 def unpack(words: jax.Array, bits: int, n: int) -> jax.Array:
   """Inverse of `pack`: uint32 ``[..., bits, G]`` -> codes uint32 ``[..., n]``."""
-  _check_bits(bits)
+  check_bits(bits)
   groups = words.shape[-1]
   if words.shape[-2] != bits or groups * 32 < n:
     raise ValueError(f"unpack: words of shape {words.shape} cannot hold {n} {bits}-bit codes")

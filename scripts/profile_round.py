@@ -6,14 +6,15 @@ r"""Where a FedAvg round's time goes: device time per XLA op, with its shape and
   .venv/bin/python scripts/profile_round.py --model=mlp --clients=1000
   .venv/bin/python scripts/profile_round.py --model=cnn --clients=40 --top=40
 
-It builds the round `benchmarks.throughput` times (synthetic clients, the
-model's default chunk unless ``--chunk``), compiles it with an HLO dump,
-runs it ``--rounds`` times under `jax.profiler`, and prints the ops that took
-the most device time per round, summed over the devices, each with its
-output shape and the JAX source it came from (``.../Dense_1/dot_general``,
-``.../PatchConv_1/stack``), read from the optimized HLO (a fusion that lost
-its metadata shows the source of an operand, marked ``[operand]``;
-``all-reduce`` includes a device's wait for the other). The numbers are
+It builds the round `benchmarks.throughput` times (`benchmarks._throughput_setup`:
+synthetic clients on the device store, the model's default chunk unless
+``--chunk``), compiles it, runs it ``--rounds`` times under `jax.profiler`,
+and prints the ops that took the most device time per round, summed over
+the devices, each with its output shape and the JAX source it came from
+(``.../Dense_1/dot_general``, ``.../PatchConv_1/stack``), read from the
+compiled executable's optimized HLO (a fusion that lost its metadata shows
+the source of an operand, marked ``[operand]``; ``all-reduce`` includes a
+device's wait for the other). The numbers are
 inflated for ops run many times with little work each (a ``while`` of the
 PRNG, a copy): the profiler's own cost per op lands on them. Compare two
 versions of the code with paired timings (`benchmarks._timing.Pair`), not
@@ -34,21 +35,17 @@ import shutil
 import sys
 import tempfile
 
-# The HLO dump and the trace are scratch: removed when the script exits.
-_DUMP = tempfile.mkdtemp(prefix="fedjax_comp_hlo_")
-atexit.register(shutil.rmtree, _DUMP, ignore_errors=True)
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={_DUMP}"
-                           " --xla_dump_hlo_as_text --xla_dump_hlo_module_re=.*run_round.*")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
 import jax  # noqa: E402
 
-from benchmarks import throughput  # noqa: E402
+from benchmarks import _throughput_setup as subjects  # noqa: E402
 
 # Trace events that are the runtime's bookkeeping, not an op of the program.
-_RUNTIME = ("ThunkExecutor", "$", "Rendezvous", "Wait", "PjitFunction", "CommonPjRt", "end:")
+_RUNTIME = ("ThunkExecutor", "$", "Rendezvous", "InvokeRendezvous", "Wait", "PjitFunction",
+            "CommonPjRt", "end:")
 
 
 def op_table(trace_path: str, hlo_text: str, rounds: int) -> list[tuple[float, str, str, str]]:
@@ -90,7 +87,7 @@ def op_table(trace_path: str, hlo_text: str, rounds: int) -> list[tuple[float, s
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--model", default="mlp", choices=sorted(throughput.INPUT_SHAPES))
+  parser.add_argument("--model", default="mlp", choices=sorted(subjects.INPUT_SHAPES))
   parser.add_argument("--clients", type=int, default=1000, help="clients per round")
   parser.add_argument("--chunk", type=int, default=0, help="client chunk (0: the default)")
   parser.add_argument("--examples", type=int, default=20, help="examples per client")
@@ -102,26 +99,30 @@ def main(argv=None) -> int:
   for name in ("clients", "examples", "batch_size", "local_steps", "rounds", "top"):
     if getattr(args, name) < 1:
       parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+  if args.chunk < 0:
+    parser.error(f"--chunk must be >= 0 (0: the model's default), got {args.chunk}")
+  need = subjects.population_bytes(args.clients, args.examples, subjects.INPUT_SHAPES[args.model])
+  if need > subjects.device_budget():
+    parser.error(f"--clients={args.clients} with --examples={args.examples} needs "
+                 f"{need / 2**30:.2f} GiB of synthetic clients per device, over the budget of "
+                 f"{subjects.device_budget() / 2**30:.2f} GiB (half a device's memory)")
 
-  su = throughput.setup(args.model, args.clients, examples=args.examples,
-                        batch_size=args.batch_size, local_steps=args.local_steps,
-                        chunk=args.chunk or None)
-  algorithm, state = su.fed_avg(args.clients)
-  round_fn = algorithm.round.lower(state, su.clients).compile()
-  jax.block_until_ready(round_fn(state, su.clients))
-  trace_dir = tempfile.mkdtemp(prefix="fedjax_comp_trace_")
+  su = subjects.setup(args.model, args.clients, examples=args.examples,
+                      batch_size=args.batch_size, local_steps=args.local_steps,
+                      chunk=args.chunk or None)
+  _, state, rounds = su.fed_avg(args.clients)
+  run_round, compiled, _ = subjects.compile_round(rounds, state)
+  jax.block_until_ready(run_round())
+  trace_dir = tempfile.mkdtemp(prefix="fedjax_comp_trace_")  # scratch: removed on exit
   atexit.register(shutil.rmtree, trace_dir, ignore_errors=True)
   with jax.profiler.trace(trace_dir):
     for _ in range(args.rounds):
-      jax.block_until_ready(round_fn(state, su.clients))
+      jax.block_until_ready(run_round())
   traces = glob.glob(os.path.join(trace_dir, "**", "*.trace.json.gz"), recursive=True)
-  dumps = glob.glob(os.path.join(_DUMP, "*run_round*after_optimizations.txt"))
-  if not traces or not dumps:
-    print(f"no trace or HLO dump written (found {len(traces)} trace(s) under {trace_dir}, "
-          f"{len(dumps)} HLO dump(s) under {_DUMP})", file=sys.stderr)
+  if not traces:
+    print(f"no trace written under {trace_dir}", file=sys.stderr)
     return 1
-  with open(max(dumps, key=os.path.getmtime)) as f:
-    rows = op_table(max(traces, key=os.path.getmtime), f.read(), args.rounds)
+  rows = op_table(max(traces, key=os.path.getmtime), compiled.as_text(), args.rounds)
   total = sum(r[0] for r in rows)
   print(f"{args.model}, {args.clients} clients/round, chunk {su.chunk}, "
         f"{jax.device_count()} device(s): {total:.1f} ms of op time per round "

@@ -10,30 +10,35 @@ import optax
 import pytest
 
 import fedjax_comp as fc
-from fedjax_comp import aggregation, codecs, keys
+from fedjax_comp import codecs, keys
+from fedjax_comp.algorithms import engine, reference
 from tests import helpers
 
 
-def _setup(spec, **kw):
+def _setup(spec, steps=None):
   codec = codecs.parse(spec)
   model = fc.get_model("mlp", (6,), 3)
-  update = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.1),
-                                 batch_size=4, local_epochs=2, structure=codec.structure, **kw)
+  schedule = dict(batch_size=4, epochs=2) if steps is None else dict(batch_size=4, steps=steps)
+  update = fc.make_client_update(model.train_loss, optax.sgd(0.1),
+                                 fc.LocalSchedule(**schedule), structure=codec.structure)
   return codec, model, update
 
 
 @pytest.mark.parametrize("spec", ["subsample(p=0.25),hadamard(flatten=true),quantize(bits=2)",
                                   "random_mask(p=0.25),quantize(bits=4)"])
 def test_vmapped_round_with_codec_equals_loop(spec):
-  codec, model, update = _setup(spec)
+  model = fc.get_model("mlp", (6,), 3)
+  alg = helpers.fed_avg(model, codec=codecs.parse(spec), batch_size=4, epochs=2,
+                        clients_per_round=5)
   data = helpers.random_clients([5, 12, 0, 7, 9, 3], max_examples=12)
-  params = model.init(jax.random.key(0))
-  ids = jnp.asarray([4, 0, 2, 5, 1], jnp.int32)
-  vmapped = jax.jit(lambda p, d, i: aggregation.sum_client_updates(
-      update, codec, p, d, i, jax.random.key(3), chunk=2))(params, data, ids)
-  loop = fc.loop_round_sums(update, codec, params, data, [int(i) for i in ids], jax.random.key(3))
-  chex.assert_trees_all_close(vmapped.weighted_delta, loop.weighted_delta, atol=1e-4, rtol=1e-4)
-  assert float(vmapped.weight) == float(loop.weight)
+  state = alg.init(0)
+  cohort = helpers.cohort(data, [4, 0, 2, 5, 1])
+  round_key = keys.round_key(state.seed_key, state.round)
+  vmapped = jax.jit(lambda b, c: engine.run_cohort(alg.client, b, c, round_key, chunk=2))(
+      alg.broadcast(state), cohort)
+  loop = reference.cohort_sums(alg, state, cohort)
+  chex.assert_trees_all_close(vmapped.sums, loop.sums, atol=1e-4, rtol=1e-4)
+  assert float(vmapped.num_examples) == float(loop.num_examples)
 
 
 def _one_client_delta(spec):
@@ -78,7 +83,7 @@ def test_random_mask_training_is_zero_off_the_mask():
 
 def test_random_mask_gradient_equals_masked_full_gradient():
   """One SGD step on the masked variable equals a full step with the gradient masked."""
-  codec, model, update = _setup("random_mask(p=0.5)", local_steps=1)
+  codec, model, update = _setup("random_mask(p=0.5)", steps=1)
   data = helpers.random_clients([12], max_examples=12)
   client = jax.tree.map(lambda a: a[0], data)
   params = model.init(jax.random.key(0))
@@ -87,8 +92,8 @@ def test_random_mask_gradient_equals_masked_full_gradient():
   z, _ = jax.jit(update)(params, client, ckey)
   delta = jax.jit(codec.structure.expand)(codec_key, z)
   # Reference: the full-model gradient on the same batch (B=4 of the epoch order), masked.
-  full = fc.make_client_update(fc.masked_cross_entropy(model), optax.sgd(0.1), batch_size=4,
-                               local_steps=1)
+  full = fc.make_client_update(model.train_loss, optax.sgd(0.1),
+                               fc.LocalSchedule(batch_size=4, steps=1))
   full_delta, _ = jax.jit(full)(params, client, ckey)
   mask = jax.tree.map(lambda d: d != 0, delta)
   chex.assert_trees_all_close(jax.tree.map(lambda d, m: jnp.where(m, d, 0.0), full_delta, mask),
@@ -96,29 +101,33 @@ def test_random_mask_gradient_equals_masked_full_gradient():
 
 
 def test_structured_codec_without_structure_in_client_update_fails_clearly():
+  """A hand-built client update that trains the full delta cannot feed a structured codec."""
   codec = codecs.parse("low_rank(rank=1)")
-  model, update = helpers.mlp_setup()
-  algo = fc.fed_avg(model.init, update, fc.server_optimizer("fedavg", 1.0),
-                    clients_per_round=2, codec=codec)
-  data = helpers.random_clients([4, 4, 4])
+  model = fc.get_model("mlp", (6,), 3)
+  update = helpers.client_update(model)  # no structure: a params-shaped delta
+  client = jax.tree.map(lambda a: a[0], helpers.random_clients([4]))
+  delta, _ = update(model.init(jax.random.key(0)), client, jax.random.key(1))
   with pytest.raises(ValueError, match="structure=codec.structure"):
-    algo.round(algo.init(0), data)
+    codec.encode(jax.random.key(2), delta, codec.init(delta))
 
 
 @pytest.mark.parametrize("spec", ["hadamard,quantize(bits=2)", "low_rank(rank=2)"])
 def test_fedavg_with_codec_is_reproducible_and_learns(spec):
-  codec, model, update = _setup(spec)
+  model = fc.get_model("mlp", (6,), 3)
+  alg = helpers.fed_avg(model, codec=codecs.parse(spec), batch_size=4, epochs=2)
   data = helpers.random_clients([10] * 8, max_examples=10, num_classes=3)
-  algo = fc.fed_avg(model.init, update, fc.server_optimizer("fedavg", 1.0),
-                    clients_per_round=4, client_chunk=2, codec=codec)
+  params = jax.eval_shape(model.init, jax.random.key(0))
+  # The algorithm takes the structure from its codec: a structured upload is z, not the delta.
+  assert alg.uplink_bits(params) == codecs.uplink_bits(codecs.parse(spec), params)
 
   def run():
-    state = algo.init(0)
+    state = alg.init(0)
+    bound = fc.DeviceStore(data).bind(alg, state.params)
     losses = []
     for _ in range(8):
-      state, m = algo.round(state, data)
-      assert bool(m.finite)
-      losses.append(float(m.train_loss))
+      state, out = bound.step(state)
+      assert bool(out.metrics.finite)
+      losses.append(float(out.metrics.train_loss))
     return state, losses
 
   s1, losses = run()

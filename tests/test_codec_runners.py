@@ -1,75 +1,113 @@
-"""The codec runners end to end: benchmarks.fedavg --codec, kernels, accuracy_vs_bits."""
+"""Codecs end to end: a federated run's exact bits, bad specs, accuracy_vs_bits, kernels."""
 
 from __future__ import annotations
 
-import dataclasses
+import importlib.util
 import json
+import pathlib
 
 import pytest
 
+from benchmarks import _parse, _throughput_setup
 from benchmarks import accuracy_vs_bits
-from benchmarks import fedavg as runner
 from benchmarks import kernels as kernels_runner
-from fedjax_comp import results
-from tests.test_runner import TINY
+from fedjax_comp.experiment import configs, federated, results
+
+_spec = importlib.util.spec_from_file_location(
+    "plot_script", pathlib.Path(__file__).resolve().parents[1] / "scripts" / "plot.py")
+plot = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(plot)
 
 # logistic on digits: a 64 x 10 kernel and a bias of 10.
 N_KERNEL, N_BIAS = 640, 10
+TINY = configs.FederatedConfig(
+    data=configs.DataConfig(dataset="digits", partition="iid", num_clients=20),
+    train=configs.TrainConfig(model="logistic", clients_per_round=5, rounds=3, local_epochs=1,
+                              batch_size=10, client_lr=0.05),
+    run=configs.RunConfig(eval_every=2, checkpoint_every=0),
+    network=configs.NetworkConfig(network="none"))
 
 
-def test_fedavg_reports_exact_uplink_bits_and_bytes(tmp_path):
-  cfg = dataclasses.replace(TINY, codec="quantize(bits=2)")
-  result = runner.run(cfg, str(tmp_path), verbose=False)
-  m = result["metrics"]
+def test_federated_run_reports_exact_uplink_bits_and_bytes(tmp_path):
+  exp, _, history = federated.run(TINY.replace(codec="quantize(bits=2)"), str(tmp_path),
+                                  say=None)
+  m = results.read_result(tmp_path)["metrics"]
   bits = (32 * 2 * -(-N_KERNEL // 32) + 64) + (32 * 2 * -(-N_BIAS // 32) + 64)
   assert m["uplink_bits_per_client_round"] == bits
   assert m["compression_ratio"] == pytest.approx(32 * (N_KERNEL + N_BIAS) / bits)
+  assert federated.summary(exp, history)["compression_ratio"] == m["compression_ratio"]
   lines = results.read_metrics(tmp_path)
+  assert lines == [json.loads(json.dumps(r)) for r in history.records]  # memory == disk
   per_round = [line["round_uplink_bytes"] for line in lines]
   assert per_round == [bits * line["num_clients"] / 8 for line in lines]
   assert [line["total_uplink_bytes"] for line in lines] == [
       sum(per_round[:i + 1]) for i in range(len(per_round))]
-  assert m["total_uplink_bytes"] == sum(per_round)
+  assert m["total_uplink_bytes"] == sum(per_round) == history.total_uplink_bits / 8
 
 
-def test_fedavg_identity_is_32_bits_per_parameter(tmp_path):
-  m = runner.run(TINY, str(tmp_path), verbose=False)["metrics"]
-  assert m["uplink_bits_per_client_round"] == 32 * (N_KERNEL + N_BIAS)
-  assert m["compression_ratio"] == 1.0
+def test_identity_is_32_bits_per_parameter():
+  _, _, history = federated.run(TINY.replace(rounds=1), None, say=None)
+  assert history.records[0]["uplink_bits"] == 32 * (N_KERNEL + N_BIAS) * 5
+  assert history.total_uplink_bits == history.total_downlink_bits == 32 * 650 * 5
 
 
 @pytest.mark.parametrize("spec,message", [
     ("quantize(bits=9)", "--codec: .*bits must be an integer in 1..8"),
     ("zip", "--codec: unknown codec 'zip'"),
     ("random_mask(p=2)", r"--codec: random_mask: p must be a number in \(0, 1\]"),
+    ("low_rank(rank=11)", r"rank must be in 1..min\(d1, d2\) = 1..10"),
 ])
-def test_fedavg_bad_codec(tmp_path, spec, message):
+def test_bad_codec_is_refused_naming_it(spec, message):
   with pytest.raises(ValueError, match=message):
-    runner.run(dataclasses.replace(TINY, codec=spec), str(tmp_path), verbose=False)
-
-
-def test_fedavg_low_rank_rank_too_large_names_the_weight(tmp_path):
-  with pytest.raises(ValueError, match=r"rank must be in 1..min\(d1, d2\) = 1..10"):
-    runner.run(dataclasses.replace(TINY, codec="low_rank(rank=11)"), str(tmp_path), verbose=False)
+    federated.setup(TINY.replace(codec=spec), say=None)
 
 
 def test_accuracy_vs_bits_writes_table_and_matched_mask(tmp_path):
-  base = dataclasses.replace(TINY, rounds=2, eval_every=1)
-  result = accuracy_vs_bits.run(["none", "low_rank(rank=2)"], base, str(tmp_path),
-                                match_mask_to="low_rank(rank=2)", verbose=False)
+  cfg = TINY.replace(rounds=2, eval_every=1)
+  specs = _parse.CodecList(codecs="none; low_rank(rank=2)").specs()
+  assert specs == ["none", "low_rank(rank=2)"]
+  result = accuracy_vs_bits.run(cfg, specs, str(tmp_path), match_mask_to="low_rank(rank=2)",
+                                say=None)
   m = result["metrics"]
   assert list(m)[:2] == ["none", "low_rank(rank=2)"] and list(m)[2].startswith("random_mask(p=")
   low, mask = m["low_rank(rank=2)"], m[list(m)[2]]
   # Equal upload, within one coordinate per leaf.
   assert abs(mask["uplink_bits_per_client_round"] - low["uplink_bits_per_client_round"]) <= 2 * 32
   assert m["none"]["accuracy_loss_points"] == 0.0
+  assert m["none"]["compression_ratio"] == 1.0 and low["compression_ratio"] > 1
+  for spec, entry in m.items():
+    assert entry["succeeded"] and entry["rounds"] == 2
+    # The curve is the run's own, from memory: one point per evaluation, the last at the total.
+    xs, accs = result["extras"]["curves"][spec]
+    assert len(xs) == 2 and xs == sorted(xs)
+    assert xs[-1] == pytest.approx(entry["total_uplink_bytes"] / 1e6)
+    assert accs[-1] == entry["final_test_accuracy"]
+    # Each run's own records are kept under runs/.
+    run_dir = tmp_path / "runs" / accuracy_vs_bits.slug(spec)
+    assert results.read_result(run_dir)["metrics"]["total_uplink_bytes"] == (
+        entry["total_uplink_bytes"])
   assert (tmp_path / "accuracy_vs_uplink.png").stat().st_size > 1000
   assert json.loads((tmp_path / "result.json").read_text()) == result
+  assert len(results.read_metrics(tmp_path)) == 3 * 2  # one line per codec and evaluation
+  # scripts/plot.py redraws the figure from result.json alone, into a directory given as --out.
+  (tmp_path / "redrawn").mkdir()
+  assert plot.main([str(tmp_path), f"--out={tmp_path / 'redrawn'}"]) == 0
+  assert (tmp_path / "redrawn" / "accuracy_vs_uplink.png").stat().st_size > 1000
 
 
-def test_kernels_runner_ratios(tmp_path):
-  metrics = kernels_runner.run([(4, 64)], [2], repeats=1, output_dir=str(tmp_path),
-                               verbose=False)
+@pytest.mark.parametrize("make,message", [
+    (lambda: _parse.CodecList(codecs=" ; "), "--codecs: give at least one codec spec"),
+    (lambda: _parse.CodecList(codecs="none;zip"), "--codecs: unknown codec 'zip'"),
+    (lambda: accuracy_vs_bits.MatchConfig(match_mask_to="quantize(bits=0)"),
+     "--match_mask_to: .*bits"),
+])
+def test_accuracy_vs_bits_bad_sweep(make, message):
+  with pytest.raises(ValueError, match=message):
+    make()
+
+
+def test_kernels_ratios():
+  metrics = _throughput_setup.measure_kernels([(4, 64)], [2], repeats=1, say=lambda *_: None)
   for name in ("copy", "fwht", "rotate", "dense_hadamard", "quantize_pack/2",
                "unpack_dequantize/2"):
     m = metrics[f"{name}@4x64"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import math
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -254,3 +255,92 @@ def test_structured_codec_rejects_a_plain_delta():
   codec = C.low_rank(rank=1)
   with pytest.raises(ValueError, match="structure=codec.structure"):
     codec.encode(jax.random.key(0), make_params(), ())
+
+
+# ---------------------------------------------------------------- a codec added from outside
+
+
+@flax.struct.dataclass
+class Flipped:
+  data: jax.Array  # the leaf times random signs, in the leaf's shape and dtype
+
+
+def sign_flip() -> C.Codec:
+  """Multiplies each leaf by Rademacher signs from its key (decode multiplies again)."""
+
+  def flip(key, x):
+    return x * K.rademacher(key, x.shape, x.dtype)
+
+  return C.per_leaf(lambda key, x: Flipped(flip(key, x)), lambda key, f: flip(key, f.data),
+                    Flipped, name="sign_flip")
+
+
+@pytest.fixture
+def registered_sign_flip():
+  """`sign_flip` in the registry for one test, removed afterwards."""
+  info = C.register("sign_flip", sign_flip, examples=("sign_flip", "sign_flip,quantize(bits=4)"),
+                    unbiased=True)
+  try:
+    yield info
+  finally:
+    del C.REGISTRY["sign_flip"]
+
+
+def test_a_codec_registered_from_outside_parses_and_round_trips(registered_sign_flip):
+  assert C.REGISTRY["sign_flip"] is registered_sign_flip
+  assert C.parse_stages("sign_flip,quantize(bits=4)") == [("sign_flip", {}), ("quantize",
+                                                                              {"bits": 4})]
+  codec = parse("sign_flip")
+  key = jax.random.key(8)
+  x = codec_input(codec, key)
+  y, payload = roundtrip(codec, key, x)
+  jax.tree.map(np.testing.assert_array_equal, y, x)  # signs square to one: exact
+  # Leaf i is flipped with the key fold_in(key, i), as in every per-leaf codec.
+  leaves = jax.tree.leaves(payload)
+  for i, (sent, leaf) in enumerate(zip(leaves, jax.tree.leaves(x))):
+    signs = K.rademacher(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+    np.testing.assert_array_equal(sent, leaf * signs)
+  assert C.uplink_bits(codec, make_params()) == C.dense_bits(make_params())
+  # Registering enrolls it in the conformance properties, alone and composed.
+  for spec in registered_sign_flip.examples:
+    test_roundtrip_shape_and_dtype(spec, jnp.float16)
+    test_same_key_same_decode_and_vmap_equals_loop(spec)
+    test_reported_bits_equal_payload_size(spec)
+    test_unbiased(spec)
+    test_non_float_input_is_rejected(spec)
+    test_non_finite_input_decodes_non_finite(spec)
+
+
+def test_registration_is_undone_after_the_test():
+  assert "sign_flip" not in C.REGISTRY
+  with pytest.raises(ValueError, match="unknown codec 'sign_flip'"):
+    C.parse("sign_flip")
+
+
+def _needs_a_scale(scale):
+  del scale
+  return C.identity()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(name="2fast"), "name must be an identifier"),
+    (dict(name="sign flip"), "name must be an identifier"),
+    (dict(name=None), "name must be an identifier"),
+    (dict(name="quantize"), "name 'quantize' is already registered; registered codecs: hadamard"),
+    (dict(name="none"), "name 'none' is reserved"),
+    (dict(name="Identity"), "name 'Identity' is reserved"),
+    (dict(factory="sign_flip"), "factory for 'toy' must be callable"),
+    (dict(factory=_needs_a_scale), "factory for 'toy': parameter 'scale' must be a keyword"),
+    (dict(examples=()), "examples for 'toy' must be a non-empty sequence of spec strings"),
+    (dict(examples="toy"), "examples for 'toy' must be a non-empty sequence of spec strings"),
+    (dict(examples=("toy", 3)), "examples for 'toy' must be a non-empty sequence"),
+    (dict(examples=("quantize(bits=2)",)), "examples for 'toy': example .* does not use 'toy'"),
+    (dict(examples=("toy(bits=2)",)), "examples for 'toy': codec 'toy' has no parameter 'bits'"),
+    (dict(unbiased="yes"), "unbiased for 'toy' must be true or false"),
+])
+def test_register_refuses_bad_input(kwargs, match):
+  args = {**dict(name="toy", factory=sign_flip, examples=("toy",), unbiased=True), **kwargs}
+  before = dict(C.REGISTRY)
+  with pytest.raises(ValueError, match=match):
+    C.register(args.pop("name"), args.pop("factory"), **args)
+  assert C.REGISTRY == before

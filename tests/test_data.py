@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedjax_comp import data as data_lib
+from fedjax_comp import sampling
 from fedjax_comp.data import partition, sources
 from fedjax_comp.data.examples import Examples
 
@@ -72,13 +73,13 @@ def test_natural_partition_groups_by_owner():
 def test_to_client_arrays_pads_and_masks():
   ex = Examples(x=np.arange(10, dtype=np.float32)[:, None], y=np.arange(10, dtype=np.int32))
   arrays = data_lib.to_client_arrays(ex, [np.array([4, 2]), np.array([], int), np.array([9, 8, 7])])
-  assert arrays.x.shape == (3, 3, 1)
+  assert arrays.features['x'].shape == (3, 3, 1)
   np.testing.assert_array_equal(arrays.num_examples, [2, 0, 3])
-  np.testing.assert_array_equal(arrays.y, [[4, 2, 0], [0, 0, 0], [9, 8, 7]])
+  np.testing.assert_array_equal(arrays.features['y'], [[4, 2, 0], [0, 0, 0], [9, 8, 7]])
   np.testing.assert_array_equal(np.asarray(arrays.mask()),
                                 [[1, 1, 0], [0, 0, 0], [1, 1, 1]])
   capped = data_lib.to_client_arrays(ex, [np.array([1, 2, 3])], max_examples=2)
-  np.testing.assert_array_equal(capped.y, [[1, 2]])
+  np.testing.assert_array_equal(capped.features['y'], [[1, 2]])
 
 
 def test_empty_dataset_raises():
@@ -98,12 +99,12 @@ def test_unknown_names_raise_listing_valid_ones():
 def test_synthetic_ten_thousand_clients():
   d = data_lib.load_federated("synthetic", "natural", num_clients=10_000, seed=1)
   assert d.num_clients == 10_000
-  assert d.clients.x.shape[2:] == (60,) and d.num_classes == 10
+  assert d.clients.features['x'].shape[2:] == (60,) and d.num_classes == 10
   n = np.asarray(d.clients.num_examples)
   assert n.min() >= 8 and n.max() <= 250  # 80% of [10, 250] stays in train
   assert len(d.test.y) > 0
   # Heterogeneous: clients' label distributions differ far more than IID ones would.
-  skew = np.mean([np.bincount(d.clients.y[i, :n[i]], minlength=10).max() / n[i]
+  skew = np.mean([np.bincount(d.clients.features['y'][i, :n[i]], minlength=10).max() / n[i]
                   for i in range(200)])
   assert skew > 0.5
 
@@ -130,18 +131,18 @@ def test_digits_source():
   d = data_lib.load_federated("digits", "shards", num_clients=50, seed=0)
   assert d.input_shape == (8, 8) and d.num_classes == 10
   assert int(np.asarray(d.clients.num_examples).sum()) + len(d.test.y) <= 1797
-  assert 0.0 <= d.clients.x.min() and d.clients.x.max() <= 1.0
+  assert 0.0 <= d.clients.features['x'].min() and d.clients.features['x'].max() <= 1.0
 
 
 def test_sample_clients_uniform_without_replacement():
   counts = collections.Counter()
   trials = 3000
   for t in range(trials):
-    ids = np.asarray(data_lib.sample_clients(jax.random.key(t), 10, 3))
+    ids = np.asarray(sampling.sample_clients(jax.random.key(t), 10, 3))
     assert len(set(ids.tolist())) == 3 and ids.min() >= 0 and ids.max() < 10
     counts.update(ids.tolist())
   # Each id appears with probability 0.3; binomial std over 3000 trials is 25.
   for c in range(10):
     assert abs(counts[c] - 900) < 5 * 25
   with pytest.raises(ValueError, match="clients_per_round must be in"):
-    data_lib.sample_clients(jax.random.key(0), 5, 6)
+    sampling.sample_clients(jax.random.key(0), 5, 6)

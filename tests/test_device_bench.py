@@ -37,4 +37,7 @@ def test_refuses_stray_arguments(tmp_path):
   env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
   out = subprocess.run(["bash", str(ROOT / "scripts" / "device_bench.sh"), "--quick", "extra"],
                        capture_output=True, text=True, env=env, timeout=300, check=False)
-  assert out.returncode != 0 and "unexpected arguments: extra" in out.stderr
+  assert out.returncode == 1, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines()[-1] == (
+      "device_bench: error: unexpected positional arguments: extra (flags are written "
+      "--name=value)")

@@ -5,11 +5,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
+import subprocess
+import sys
+import types
 
 import pytest
 
 from benchmarks import dme
-from fedjax_comp import results
+from fedjax_comp.experiment import results
 
 ROTATED = "hadamard,quantize(bits=2)"
 TINY = dme.Config(codecs=("none", ROTATED), dim=256, num_clients=8, trials=3)
@@ -65,10 +69,12 @@ def test_suresh_bound_applies_to_plain_and_rotated_quantization_only():
 
 
 @pytest.mark.parametrize("change,message", [
-    ({"dim": 0}, "--dim must be >= 1, got 0"),
-    ({"num_clients": 0}, "--num_clients must be >= 1, got 0"),
-    ({"trials": 0}, "--trials must be >= 1, got 0"),
-    ({"seed": -1}, r"--seed must be in \[0, 2\*\*32\)"),
+    ({"dim": 0}, r"--dim must be an integer in \[1, 2\*\*30\], got 0"),
+    ({"dim": 2.0}, r"--dim must be an integer in \[1, 2\*\*30\], got 2.0"),
+    ({"num_clients": 0}, "--num_clients must be an integer >= 1, got 0"),
+    ({"trials": 0}, "--trials must be an integer >= 1, got 0"),
+    ({"seed": -1}, r"--seed must be an integer in \[0, 2\*\*32\)"),
+    ({"seed": 2**32}, r"--seed must be an integer in \[0, 2\*\*32\)"),
     ({"distribution": "cauchy"}, "unknown --distribution 'cauchy'; valid: normal, lognormal"),
     ({"codecs": ()}, "--codecs must name at least one codec spec"),
     ({"codecs": ("none", "none")}, "--codecs lists 'none' twice"),
@@ -81,3 +87,63 @@ def test_bad_input_raises_value_error_naming_the_flag(tmp_path, change, message)
   with pytest.raises(ValueError, match=message):
     dme.run(dataclasses.replace(TINY, **change), str(tmp_path), verbose=False)
   assert not (tmp_path / "result.json").exists()
+
+
+def _holders(**values):
+  """Stand-ins for the absl flag holders: text values, --codec not given."""
+  defaults = {"codec": "hadamard,quantize(bits=2)", "codecs": "none;quantize(bits=2)",
+              "dim": "256", "num_clients": "8", "distribution": "normal", "trials": "2",
+              "seed": "0"}
+  defaults.update(values)
+  return {k: types.SimpleNamespace(value=v, present=False) for k, v in defaults.items()}
+
+
+def test_flags_parse_into_the_config():
+  cfg = dme.config_from_flags(_holders(dim=" 1000", seed="4294967295"))
+  assert cfg == dme.Config(codecs=("none", "quantize(bits=2)"), dim=1000, num_clients=8,
+                           distribution="normal", trials=2, seed=2**32 - 1)
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("dim", "abc", r"--dim must be an integer in \[1, 2\*\*30\], got 'abc'"),
+    ("num_clients", "1e3", "--num_clients must be an integer >= 1, got '1e3'"),
+    ("trials", "", "--trials must be an integer >= 1, got ''"),
+    ("seed", "-1", r"--seed must be an integer in \[0, 2\*\*32\), got '-1'"),
+    ("distribution", "cauchy", "unknown --distribution 'cauchy'"),
+    ("codecs", " ; ", "--codecs must name at least one codec spec"),
+])
+def test_bad_flags_raise_naming_the_flag_and_range(flag, value, message):
+  with pytest.raises(ValueError, match=message):
+    dme.config_from_flags(_holders(**{flag: value}))
+
+
+def test_memory_estimate_covers_the_arrays_and_refuses_over_the_budget(tmp_path):
+  cfg = dataclasses.replace(TINY, dim=1000)  # padded to 1024 by the rotation
+  need = dme.bytes_needed(cfg, num_devices=1)
+  # At least the clients' vectors, their dense payloads and the decoded vectors.
+  assert need >= 8 * (4 * 1000 + 4 * 1024 + 4 * 1000)
+  assert dme.bytes_needed(cfg, num_devices=2) == need // 2
+  dme.check_memory(cfg, 1, need)  # exactly the budget fits
+  with pytest.raises(ValueError, match=r"--dim=1000 with --num_clients=8 needs about 0\.00 GiB"):
+    dme.check_memory(cfg, 1, need - 1)
+  huge = dataclasses.replace(TINY, dim=3_000_000_000)
+  with pytest.raises(ValueError, match=r"--dim=3000000000 with --num_clients=8 needs about "
+                                       r"\d+\.\d\d GiB per device .* over the budget"):
+    dme.run(huge, str(tmp_path), verbose=False)
+  assert not (tmp_path / "result.json").exists()
+  with pytest.raises(ValueError, match=r"--dim must be an integer in \[1, 2\*\*30\]"):
+    dme.check_memory(dataclasses.replace(TINY, dim=2**30 + 1, num_clients=1), 1, 2**50)
+
+
+def test_command_line_refuses_a_huge_dim_in_one_line(tmp_path):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run([sys.executable, "-m", "benchmarks.dme", "--dim=3000000000",
+                        f"--output_dir={tmp_path / 'out'}"], capture_output=True, text=True,
+                       env=env, timeout=300, check=False,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert out.returncode == 1, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      "dme: error: --dim=3000000000 with --num_clients=100 needs about "), lines
+  assert "GiB per device" in lines[0] and "over the budget of" in lines[0]
+  assert not (tmp_path / "out").exists()  # refused before the output directory was made

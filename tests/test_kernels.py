@@ -204,3 +204,54 @@ def test_suresh_vnmse_bounds():
     assert v_plain <= d / (2 * (k - 1) ** 2), (bits, v_plain)
     assert v_rot <= (2 * math.log(d) + 2) / (k - 1) ** 2, (bits, v_rot)
     assert v_rot < v_plain  # rotation spreads the large entries
+
+
+# ----------------------------------------------------------- the benchmark's kernel subjects
+
+
+def test_benchmark_subjects_are_the_kernels_and_round_trip():
+  from benchmarks import _throughput_setup as subjects  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (3, 256))
+  np.testing.assert_array_equal(subjects.copy(x), -x)
+  assert subjects.fwht is K.fwht
+  words, lo, hi = jax.jit(subjects.quantize_pack(2))(jax.random.key(1), x)
+  codes, lo2, hi2 = K.quantize(jax.random.key(1), x, 2)
+  np.testing.assert_array_equal(words, K.pack(codes, 2))
+  x_hat = jax.jit(subjects.unpack_dequantize(2, 256))(words, lo, hi)
+  np.testing.assert_allclose(x_hat, K.dequantize(codes, lo2, hi2, 2), rtol=1e-6)  # fusion: ulps
+  assert np.all(np.abs(x_hat - x) <= ((hi - lo) / 3)[:, None] + 1e-6)  # within one step
+
+
+def test_measure_kernels_ratios_are_to_the_copy_of_the_same_run():
+  from benchmarks import _throughput_setup as subjects  # pylint: disable=g-import-not-at-top
+  logged = []
+  m = subjects.measure_kernels([(2, 64), (1, 128)], [1], repeats=1, say=lambda *_: None,
+                               log=logged.append)
+  assert {"copy@2x64", "fwht@2x64", "rotate@2x64", "dense_hadamard@2x64", "quantize_pack/1@2x64",
+          "unpack_dequantize/1@2x64", "codec_roundtrip/1@1x128"} <= set(m)
+  assert "codec_roundtrip/1@2x64" not in m  # one vector only
+  for shape in ("2x64", "1x128"):
+    copy_s = m[f"copy@{shape}"]["sec"]
+    for name, e in m.items():
+      if name.endswith(f"@{shape}"):
+        assert e["ratio_to_copy"] == pytest.approx(e["sec"] / copy_s)
+  assert m["codec_roundtrip/1@1x128"]["bits_per_coordinate"] == (128 + 64) / 128
+  assert len(logged) == len(m)
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda r: r.parse_shape("1024"), "--shapes entries are BATCHxDIM"),
+    (lambda r: r.parse_shape("4x1000"), "dim a power of two, got '4x1000'"),
+    (lambda r: r.parse_shape("0x1024"), "batch must be >= 1"),
+    (lambda r: r.parse_bits("9"), "--bits entries must be integers in 1..8, got '9'"),
+    (lambda r: r.parse_bits("two"), "--bits entries must be integers in 1..8, got 'two'"),
+    (lambda r: r.parse_count("repeats", "0", 1), "--repeats must be an integer >= 1, got '0'"),
+    (lambda r: r.parse_count("seed", "-1", 0, 2**32 - 1), r"--seed must be an integer in \[0, "),
+    (lambda r: r.check_memory([(2**20, 2**20)], 2**30), r"--shapes: 1048576x1048576 needs about "
+                                                        r"16384\.00 GiB"),
+])
+def test_kernels_runner_bad_flags_name_the_flag(call, message):
+  from benchmarks import kernels as runner  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ValueError, match=message):
+    call(runner)
+  assert runner.parse_shape(" 4X1024 ") == (4, 1024) and runner.parse_bits("8") == 8

@@ -1,19 +1,22 @@
 """Federated datasets as padded per-client arrays that `vmap` over clients.
 
-A `ClientArrays` holds every client's examples in one block::
+A `ClientArrays` holds clients' examples as named features in one block::
 
-  x            [num_clients, max_examples, *feature_shape]   float32
-  y            [num_clients, max_examples]                   int32
-  num_examples [num_clients]                                 int32
+  features["x"]  [num_clients, max_examples, *x_shape]   the input (float32 or int32 tokens)
+  features["y"]  [num_clients, max_examples, *y_shape]   the target (int32)
+  num_examples   [num_clients]                           int32
 
-Client i's examples are ``x[i, :num_examples[i]]``; the rest is zero padding,
-masked out of every loss and step count. The same class describes one client
-(drop the leading axis), which is what `client_update` sees under `vmap`.
+Client i's examples are ``features[k][i, :num_examples[i]]``; the rest is
+zero padding, masked out of every loss and step count. The same class
+describes one client (drop the leading axis), which is what the client
+update sees under `vmap`. A model reads the features it needs
+(`models.Model`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import flax.struct
@@ -30,8 +33,7 @@ from fedjax_comp.data.examples import Examples, SourceData
 class ClientArrays:
   """Padded examples of many clients (or of one, without the leading axis)."""
 
-  x: jax.Array
-  y: jax.Array
+  features: dict[str, jax.Array]
   num_examples: jax.Array
 
   @property
@@ -40,10 +42,10 @@ class ClientArrays:
 
   @property
   def max_examples(self) -> int:
-    return self.y.shape[-1]
+    return jax.tree.leaves(self.features)[0].shape[self.num_examples.ndim]
 
   def mask(self) -> jax.Array:
-    """True for real examples, False for padding; shape of `y`."""
+    """True for real examples, False for padding; shape ``[*clients, max_examples]``."""
     return jnp.arange(self.max_examples) < self.num_examples[..., None]
 
   def select(self, client_ids: jax.Array) -> ClientArrays:
@@ -73,48 +75,79 @@ def to_client_arrays(examples: Examples, client_indices: Sequence[np.ndarray],
   rows = np.repeat(np.arange(k), sizes)
   cols = np.concatenate([np.arange(s) for s in sizes])
   flat = np.concatenate([np.asarray(ix)[:s] for ix, s in zip(client_indices, sizes)])
-  x = np.zeros((k, cap, *examples.x.shape[1:]), np.float32)
-  y = np.zeros((k, cap), np.int32)
+  x = np.zeros((k, cap, *examples.x.shape[1:]), examples.x.dtype)
+  y = np.zeros((k, cap, *examples.y.shape[1:]), np.int32)
   x[rows, cols] = examples.x[flat]
   y[rows, cols] = examples.y[flat]
-  return ClientArrays(x=x, y=y, num_examples=sizes.astype(np.int32))
+  return ClientArrays(features={"x": x, "y": y}, num_examples=sizes.astype(np.int32))
 
 
 @dataclasses.dataclass(frozen=True)
 class FederatedDataset:
-  """Clients' train arrays plus the central held-out test split."""
+  """A partitioned train split (client i owns ``train[client_indices[i]]``) and a test split.
+
+  `clients` packs it into padded arrays (the device store's form) on first
+  use; `ragged` into concatenated arrays with offsets (the host store's);
+  `padded_bytes` says what the padded form would cost before building it.
+  """
 
   name: str
-  clients: ClientArrays
+  train: Examples
+  client_indices: tuple[np.ndarray, ...]
   test: Examples
   num_classes: int
+  max_examples: int | None = None  # cap on a client's examples (its first ones are kept)
 
   @property
   def num_clients(self) -> int:
-    return self.clients.num_clients
+    return len(self.client_indices)
 
   @property
   def input_shape(self) -> tuple[int, ...]:
-    return tuple(self.clients.x.shape[2:])
+    return tuple(self.train.x.shape[1:])
+
+  def sizes(self) -> np.ndarray:
+    """Examples per client, after the cap."""
+    sizes = np.array([len(ix) for ix in self.client_indices], np.int64)
+    return sizes if self.max_examples is None else np.minimum(sizes, self.max_examples)
+
+  def padded_bytes(self) -> int:
+    """Bytes of `clients` (every client padded to the largest), computed without building it."""
+    per_example = (int(np.prod(self.train.x.shape[1:], dtype=np.int64)) * self.train.x.itemsize
+                   + int(np.prod(self.train.y.shape[1:], dtype=np.int64)) * 4)
+    return self.num_clients * (int(self.sizes().max()) * per_example + 4)
+
+  @functools.cached_property
+  def clients(self) -> ClientArrays:
+    """Every client padded to the largest (numpy; built on first use)."""
+    return to_client_arrays(self.train, self.client_indices, self.max_examples)
+
+  def ragged(self):
+    """The clients as `RaggedClients` (uncapped: the host store applies the cap)."""
+    from fedjax_comp.data.ragged import RaggedClients  # pylint: disable=g-import-not-at-top
+    return RaggedClients.from_indices(self.train, self.client_indices)
 
 
-DATASETS = ("synthetic", "synthetic_iid", "mnist1d", "digits", "mnist", "emnist",
+DATASETS = ("synthetic", "synthetic_iid", "mnist1d", "digits", "char_text", "mnist", "emnist",
             "fashion_mnist", "cifar10", "cifar100")
 
 
 def load_source(name: str, *, num_clients: int, seed: int, data_dir: str | None = None,
                 synthetic_alpha: float = 1.0, synthetic_beta: float = 1.0,
-                mnist1d_samples: int = 50_000) -> SourceData:
+                synthetic_sizes: str = "capped", mnist1d_samples: int = 50_000) -> SourceData:
   """Loads a named source's central train and test splits (see `DATASETS`)."""
   if name == "synthetic":
     return sources.synthetic(synthetic_alpha, synthetic_beta, num_clients=num_clients,
-                             seed=seed)
+                             seed=seed, sizes=synthetic_sizes)
   if name == "synthetic_iid":
-    return sources.synthetic(0.0, 0.0, num_clients=num_clients, seed=seed, iid=True)
+    return sources.synthetic(0.0, 0.0, num_clients=num_clients, seed=seed, iid=True,
+                             sizes=synthetic_sizes)
   if name == "mnist1d":
     return sources.mnist1d(num_samples=mnist1d_samples)
   if name == "digits":
     return sources.digits(seed=seed)
+  if name == "char_text":
+    return sources.char_text(num_clients=num_clients, seed=seed)
   if name.split("/")[0] in DATASETS:
     from fedjax_comp.data import tfds_images  # pylint: disable=g-import-not-at-top
     return tfds_images.load_tfds_images(name, data_dir=data_dir)
@@ -141,8 +174,13 @@ def partition_source(source: SourceData, partition: str, *, num_clients: int, se
                      f"{', '.join(partition_lib.PARTITIONS)}")
   if source.test.y.size == 0:
     raise ValueError(f"empty dataset {name!r}: its test split has 0 examples")
-  return FederatedDataset(name=name, clients=to_client_arrays(train, parts, max_examples),
-                          test=source.test, num_classes=source.num_classes)
+  if max_examples is not None and max_examples < 1:
+    raise ValueError(f"max_examples must be >= 1, got {max_examples}")
+  parts = tuple(np.asarray(p, np.int64) for p in parts)
+  if sum(len(p) for p in parts) == 0:
+    raise ValueError("empty dataset: the partition gave no client any example")
+  return FederatedDataset(name=name, train=train, client_indices=parts, test=source.test,
+                          num_classes=source.num_classes, max_examples=max_examples)
 
 
 def load_federated(name: str, partition: str, *, num_clients: int, seed: int = 0,
@@ -177,25 +215,3 @@ def load_federated(name: str, partition: str, *, num_clients: int, seed: int = 0
   return partition_source(source, partition, num_clients=num_clients, seed=seed,
                           alpha=alpha, shards_per_client=shards_per_client,
                           max_examples=max_examples, name=name)
-
-
-def sample_clients(key: jax.Array, num_clients: int, clients_per_round: int) -> jax.Array:
-  """`clients_per_round` distinct client ids, uniformly at random (jit-able).
-
-  The ids whose i.i.d. random 32-bit scores are at least the
-  `clients_per_round`-th largest score: a uniformly random subset, returned
-  in increasing id order (a round's result does not depend on the order).
-  Only ties at the threshold (probability below m * n / 2**32) would favour
-  smaller ids. One single-operand sort costs about 1 ms for 10,000 clients
-  on a CPU, where `jax.random.choice(..., replace=False)` and `lax.top_k`
-  (both index-carrying sorts) take 3.6-6 ms.
-  """
-  if not 1 <= clients_per_round <= num_clients:
-    raise ValueError(
-        f"clients_per_round must be in [1, num_clients={num_clients}], got {clients_per_round}")
-  if clients_per_round == num_clients:
-    return jnp.arange(num_clients, dtype=jnp.int32)
-  scores = jax.random.bits(key, (num_clients,), jnp.uint32)
-  threshold = jnp.sort(scores)[num_clients - clients_per_round]
-  (ids,) = jnp.nonzero(scores >= threshold, size=clients_per_round)
-  return ids.astype(jnp.int32)

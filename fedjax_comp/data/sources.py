@@ -9,92 +9,34 @@ from __future__ import annotations
 import hashlib
 import os
 import pathlib
+import sys
+import time
 
 import numpy as np
 
 from fedjax_comp.data.examples import Examples, SourceData
 
-SYNTHETIC_DIM = 60
-SYNTHETIC_CLASSES = 10
 
 
 def synthetic(alpha: float, beta: float, *, num_clients: int, seed: int,
-              median_examples: int = 50, size_sigma: float = 0.75,
-              min_examples: int = 10, max_examples: int = 250,
-              test_fraction: float = 0.2, iid: bool = False) -> SourceData:
-  """FedProx's Synthetic(alpha, beta) federated logistic-regression data.
+              sizes: str = "capped", test_fraction: float = 0.2,
+              iid: bool = False) -> SourceData:
+  """FedProx's Synthetic(alpha, beta) federated logistic-regression data, materialized.
 
-  For client k: u_k ~ N(0, alpha), B_k ~ N(0, beta); W_k in R^{10x60} and
-  b_k in R^10 have entries ~ N(u_k, 1); v_k has entries ~ N(B_k, 1);
-  x ~ N(v_k, Sigma) with Sigma diagonal, Sigma_jj = j^-1.2; and
-  y = argmax(W_k x + b_k). alpha controls how much the local models differ,
-  beta how much the local inputs differ. ``iid=True`` gives Synthetic-IID:
-  one shared W, b ~ N(0, 1) and v = 0.
-
-  Client sizes are lognormal (median `median_examples`, log-std `size_sigma`),
-  clipped to [min_examples, max_examples]. FedProx draws lognormal(4, 2) + 50
-  with no cap; the cap keeps the padded [clients, max_examples] arrays small
-  when there are 10,000+ clients. Every generated example belongs to its
-  client (``groups``); a fraction `test_fraction` of each client's examples
-  goes to the central test split instead.
-
-  Args:
-    alpha: spread of the local models, >= 0.
-    beta: spread of the local input means, >= 0.
-    num_clients: number of clients (devices), >= 1.
-    seed: numpy seed.
-    median_examples, size_sigma, min_examples, max_examples: client sizes.
-    test_fraction: share of each client's examples held out for the test split.
-    iid: generate Synthetic-IID instead.
-
-  Returns:
-    `SourceData` with 60 features, 10 classes and natural groups.
+  Every client's examples, with natural groups, from `lazy.SyntheticPopulation`
+  (see there for the generator, the size distributions `sizes` and what
+  alpha and beta do); a fraction `test_fraction` of each client's examples
+  goes to the central test split. ``iid=True`` gives Synthetic-IID. Refuses
+  (ValueError with the size) a population too large for host memory: the
+  host store generates such clients on demand instead.
 
   References:
     Li et al. 2020, Federated Optimization in Heterogeneous Networks
     (arXiv 1812.06127), section 5.1.
   """
-  if alpha < 0 or beta < 0:
-    raise ValueError(f"alpha and beta must be >= 0, got alpha={alpha}, beta={beta}")
-  if num_clients < 1:
-    raise ValueError(f"num_clients must be >= 1, got {num_clients}")
-  if not 1 <= min_examples <= max_examples:
-    raise ValueError(f"need 1 <= min_examples <= max_examples, got {min_examples}, {max_examples}")
-  if not 0 <= test_fraction < 1:
-    raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction}")
-  rng = np.random.default_rng(seed)
-  k, d, c = num_clients, SYNTHETIC_DIM, SYNTHETIC_CLASSES
-  sizes = np.exp(rng.normal(np.log(median_examples), size_sigma, k))
-  sizes = np.clip(np.round(sizes), min_examples, max_examples).astype(np.int64)
-  if iid:
-    w = np.broadcast_to(rng.normal(0, 1, (1, c, d)), (k, c, d))
-    b = np.broadcast_to(rng.normal(0, 1, (1, c)), (k, c))
-    v = np.zeros((k, d))
-  else:
-    u = rng.normal(0, np.sqrt(alpha), (k, 1, 1))
-    w = rng.normal(u, 1, (k, c, d))
-    b = rng.normal(u[:, :, 0], 1, (k, c))
-    v = rng.normal(rng.normal(0, np.sqrt(beta), (k, 1)), 1, (k, d))
-  scale = np.arange(1, d + 1) ** -0.6  # sqrt of Sigma_jj = j^-1.2
-  owner = np.repeat(np.arange(k), sizes)
-  x = v[owner] + rng.normal(0, 1, (owner.size, d)) * scale
-  # One small matmul per client: gathering W per example would need
-  # [examples, 10, 60] floats (gigabytes at 10,000 clients).
-  bounds = np.cumsum(sizes)[:-1]
-  y = np.concatenate([np.argmax(xk @ w[i].T + b[i], axis=1)
-                      for i, xk in enumerate(np.split(x, bounds))])
-  # Hold out the last `test_fraction` of each client's examples, at least one
-  # example stays in train.
-  start = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-  position = np.arange(owner.size) - start[owner]
-  n_test = np.minimum(np.floor(sizes * test_fraction).astype(np.int64), sizes - 1)
-  is_test = position >= (sizes - n_test)[owner]
-  x = x.astype(np.float32)
-  y = y.astype(np.int32)
-  return SourceData(
-      train=Examples(x[~is_test], y[~is_test], owner[~is_test]),
-      test=Examples(x[is_test], y[is_test], owner[is_test]),
-      num_classes=c)
+  from fedjax_comp.data.lazy import SyntheticPopulation  # pylint: disable=g-import-not-at-top
+  return SyntheticPopulation(alpha, beta, num_clients=num_clients, seed=seed, iid=iid,
+                             sizes=sizes, test_fraction=test_fraction).materialize()
 
 
 def _cache_dir() -> pathlib.Path:
@@ -128,12 +70,18 @@ def mnist1d(*, num_samples: int = 50_000, seed: int = 42, train_split: float = 0
   if cache and path.exists():
     arrays = dict(np.load(path))
   else:
+    # The first run would otherwise be silent for half a minute.
+    print(f"generating MNIST-1D ({num_samples:,} samples, about {num_samples * 0.7e-3:.0f} s "
+          f"on one core, once; cached as {path})", file=sys.stderr, flush=True)
+    start = time.perf_counter()
     # The package seeds numpy's global generator; leave the caller's state as it was.
     state = np.random.get_state()
     try:
       raw = mnist1d_data.make_dataset(args)
     finally:
       np.random.set_state(state)
+    print(f"generated MNIST-1D in {time.perf_counter() - start:.0f} s", file=sys.stderr,
+          flush=True)
     arrays = {k: raw[k] for k in ("x", "y", "x_test", "y_test")}
     if cache:
       path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,3 +109,59 @@ def digits(*, seed: int = 0, test_fraction: float = 0.2) -> SourceData:
   test, train = order[:n_test], order[n_test:]
   return SourceData(train=Examples(x[train], y[train]), test=Examples(x[test], y[test]),
                     num_classes=10)
+
+
+# Token convention of the text sources (shared with `models.lstm`): 0 padding,
+# 1/2/3 beginning/end of sequence and out of vocabulary, characters from 4.
+PAD, BOS, EOS, OOV = 0, 1, 2, 3
+CHARS = "abcdefghijklmnopqrstuvwxyz .,"
+_WORDS = ("the", "a", "of", "and", "to", "in", "is", "was", "he", "she", "it", "that", "for",
+          "on", "with", "as", "his", "her", "they", "at", "be", "this", "from", "had", "not",
+          "but", "what", "all", "were", "when", "we", "there", "can", "an", "your", "which",
+          "their", "said", "if", "do", "will", "each", "about", "how", "up", "out", "them",
+          "then", "many", "some", "so", "these", "would", "other", "into", "has", "more",
+          "king", "queen", "lord", "love", "night", "sword", "crown", "heart", "death")
+
+
+def char_text(*, num_clients: int, seed: int, seq_len: int = 40, sentences: int = 30,
+              test_fraction: float = 0.2) -> SourceData:
+  """Generated character-level text with natural clients, for next-character prediction.
+
+  Each client (a "speaker") writes `sentences` sentences from a 70-word
+  vocabulary with its own word preferences (a Dirichlet(0.3) draw over the
+  words and its own favourite pair of words that often follow each other),
+  so clients differ as Shakespeare's characters do. A sentence is
+  ``[BOS] chars... [EOS]``, cut or padded with `PAD` to ``seq_len + 1``
+  tokens; the example is ``x = tokens[:-1]``, ``y = tokens[1:]`` (int32,
+  ``[seq_len]`` each). The vocabulary is the 4 special tokens plus
+  `CHARS` (33 tokens). A fraction `test_fraction` of each client's
+  sentences goes to the central test split.
+  """
+  if num_clients < 1 or seq_len < 2 or sentences < 2:
+    raise ValueError(f"need num_clients >= 1, seq_len >= 2, sentences >= 2; got "
+                     f"{num_clients}, {seq_len}, {sentences}")
+  rng = np.random.default_rng(seed)
+  index = {c: i + OOV + 1 for i, c in enumerate(CHARS)}
+  xs, owners = [], []
+  for client in range(num_clients):
+    prefs = rng.dirichlet(np.full(len(_WORDS), 0.3))
+    first, then = rng.choice(len(_WORDS), 2, replace=False)
+    for _ in range(sentences):
+      words, w = [], int(rng.choice(len(_WORDS), p=prefs))
+      for _ in range(int(rng.integers(3, 9))):
+        words.append(_WORDS[w])
+        w = int(then) if w == first and rng.random() < 0.7 else int(rng.choice(len(_WORDS),
+                                                                              p=prefs))
+      text = " ".join(words) + rng.choice([".", ","])
+      tokens = [BOS] + [index.get(c, OOV) for c in text] + [EOS]
+      tokens = (tokens + [PAD] * (seq_len + 1))[:seq_len + 1]
+      xs.append(tokens)
+      owners.append(client)
+  tokens = np.asarray(xs, np.int32)
+  owners = np.asarray(owners, np.int64)
+  position = np.arange(len(owners)) % sentences
+  is_test = position >= sentences - max(1, int(round(sentences * test_fraction)))
+  x, y = tokens[:, :-1], tokens[:, 1:]
+  return SourceData(train=Examples(x[~is_test], y[~is_test], owners[~is_test]),
+                    test=Examples(x[is_test], y[is_test], owners[is_test]),
+                    num_classes=OOV + 1 + len(CHARS))

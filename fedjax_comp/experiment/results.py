@@ -80,6 +80,13 @@ class RunRecorder:
       return
     kept = [r for r in read_metrics(self.dir, allow_truncated_tail=True)
             if r.get("round", 0) <= resume_round] if path.exists() else []
+    rounds = [r.get("round") for r in kept]
+    if rounds != list(range(1, len(rounds) + 1)) or len(rounds) != resume_round:
+      first = next((i for i, r in enumerate(rounds, 1) if r != i), len(rounds) + 1)
+      raise ResultFileError(
+          f"{path} does not hold every round up to the checkpoint's round {resume_round}: "
+          f"round {first} is missing (or out of order); the checkpoint and the records "
+          "disagree, so the run cannot be resumed: start it again with --overwrite")
     tmp = path.with_suffix(".jsonl.tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
     os.replace(tmp, path)

@@ -28,11 +28,12 @@ when the slowest of them has uploaded::
           + (latency_i + up_bits_i / uplink_i)           # upload
   T_round = max_i T_i
 
-The downlink is the dense float32 model (``codecs.dense_bits(params)``); the
-uplink is the codec's payload. Clients without data: the runners leave them
-out of the max (they train 0 steps and send nothing, so the server does not
-wait for them, see `benchmarks.fedavg`); a round whose clients are all empty
-costs 0 s. `Clock` keeps the running total.
+The downlink is what the algorithm broadcasts (the float32 model for
+FedAvg), the uplink the codec's payload (`FederatedAlgorithm.uplink_bits`).
+`RoundClock` charges each round from what the round itself returns, its
+client ids and their local step counts: clients without data (0 steps) are
+left out of the max (they train nothing and send nothing, so the server
+does not wait for them); a round whose clients are all empty costs 0 s.
 
 **Averaging through a server** (`allreduce_time`): every worker uploads,
 the server averages, every worker downloads; each half waits for its
@@ -400,6 +401,37 @@ class Clock:
     _check_number("seconds", seconds, positive=False, unit="s")
     self.total_s += float(seconds)
     return self.total_s
+
+
+class RoundClock(Clock):
+  """The clock of synchronous federated rounds on links drawn once per client.
+
+  Args:
+    net: the population's medians and spread (`preset`).
+    num_clients: the population size; links are drawn for every client.
+    seed: the links' seed (the run's seed).
+  """
+
+  def __init__(self, net: NetworkModel, num_clients: int, seed: int, total_s: float = 0.0):
+    super().__init__(total_s)
+    self.net = net
+    self.links = sample_links(net, num_clients, seed)
+
+  def round_seconds(self, client_ids: ArrayLike, client_steps: ArrayLike, *,
+                    up_bits: int, down_bits: int) -> float:
+    """`sync_round_time` of the clients that trained (steps > 0); 0.0 if none did."""
+    ids = np.asarray(client_ids)
+    steps = np.asarray(client_steps)
+    trained = steps > 0
+    return sync_round_time(self.links, ids[trained], up_bits=up_bits, down_bits=down_bits,
+                           num_steps=steps[trained])
+
+  def add_round(self, client_ids: ArrayLike, client_steps: ArrayLike, *, up_bits: int,
+                down_bits: int) -> tuple[float, float]:
+    """Charges one round; returns ``(its seconds, the new total)``."""
+    seconds = self.round_seconds(client_ids, client_steps, up_bits=up_bits,
+                                 down_bits=down_bits)
+    return seconds, self.add(seconds)
 
 
 def time_to_target(times: Sequence[float], accuracies: Sequence[float],

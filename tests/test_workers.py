@@ -1,4 +1,4 @@
-"""Worker-based training: sync SGD, local SGD and DGA against references built apart."""
+"""Worker-based training (sync SGD, local SGD, DGA) against references built apart."""
 
 import os
 import subprocess
@@ -12,17 +12,16 @@ import optax
 import pytest
 
 import fedjax_comp as fc
-from fedjax_comp import distributed, keys
-from fedjax_comp.clients import minibatch
+from fedjax_comp import algorithms, keys
+from fedjax_comp.batching import minibatch
 from fedjax_comp.data.federated import ClientArrays
 from tests import helpers
 
 
-def quadratic_loss(params, x, y, mask):
+def quadratic_loss(params, batch, mask):
   """Mean over the masked examples of 0.5 * ||w - x||^2: the gradient is w - mean(x)."""
-  del y
   m = mask.astype(jnp.float32)
-  per_example = 0.5 * jnp.sum((params["w"][None] - x) ** 2, axis=-1)
+  per_example = 0.5 * jnp.sum((params["w"][None] - batch["x"]) ** 2, axis=-1)
   return jnp.sum(per_example * m) / jnp.maximum(jnp.sum(m), 1.0)
 
 
@@ -34,7 +33,8 @@ def point_shards(points):
   """One example per worker at `points[i]`."""
   x = np.asarray(points, np.float32)[:, None, :]
   n = len(points)
-  return ClientArrays(x=x, y=np.zeros((n, 1), np.int32), num_examples=np.ones(n, np.int32))
+  return ClientArrays(features={"x": x, "y": np.zeros((n, 1), np.int32)},
+                      num_examples=np.ones(n, np.int32))
 
 
 def test_dga_hand_computed_two_workers():
@@ -44,10 +44,11 @@ def test_dga_hand_computed_two_workers():
   #   step 2: local w = (0, 3), sent (0, 1); arrival of step 1: w = (0 - 0 + 1, 3 - 2 + 1)
   #   step 3: local w = (0.5, 3), sent (-0.5, 1); arrival of step 2 (mean 0.5):
   #           w = (0.5 - 0 + 0.5, 3 - 1 + 0.5)
-  alg = distributed.periodic_averaging(zeros_init(1), quadratic_loss, optax.sgd(0.5),
+  alg = algorithms.periodic_averaging(zeros_init(1), quadratic_loss, optax.sgd(0.5),
                                        period=1, delay=1, batch_size=1)
   shards = point_shards([[0.0], [4.0]])
   state = alg.init(0, 2)
+  assert isinstance(state, algorithms.PeriodicState)
   seen = []
   for _ in range(3):
     state, _ = alg.run(state, shards, 1)
@@ -81,7 +82,7 @@ def reference_dga(points, lr, period, delay, steps):
 def test_periodic_averaging_matches_reference_queue(period, delay):
   rng = np.random.default_rng(period * 10 + delay)
   points = rng.standard_normal((4, 3))
-  alg = distributed.periodic_averaging(zeros_init(3), quadratic_loss, optax.sgd(0.3),
+  alg = algorithms.periodic_averaging(zeros_init(3), quadratic_loss, optax.sgd(0.3),
                                        period=period, delay=delay, batch_size=1)
   state, _ = alg.run(alg.init(0, 4), point_shards(points), 17)
   np.testing.assert_allclose(state.params["w"], reference_dga(points, 0.3, period, delay, 17),
@@ -92,9 +93,9 @@ def test_delay_zero_is_synchronous_averaging_of_an_mlp():
   """D = 0 equals: every worker runs K local steps, then all take the plain mean."""
   shards = helpers.random_clients([7, 5, 9, 6], max_examples=9)
   model = fc.get_model("mlp", (6,), 3)
-  loss = fc.masked_cross_entropy(model)
+  loss = model.train_loss
   K, periods, lr, batch = 3, 3, 0.2, 4
-  alg = distributed.periodic_averaging(model.init, loss, optax.sgd(lr), period=K, delay=0,
+  alg = algorithms.periodic_averaging(model.init, loss, optax.sgd(lr), period=K, delay=0,
                                        batch_size=batch)
   state = alg.init(5, 4)
   state, _ = alg.run(state, shards, K * periods)
@@ -112,7 +113,7 @@ def test_delay_zero_is_synchronous_averaging_of_an_mlp():
       wi = w
       for s in range(t, t + K):
         idx, valid = minibatch(data_keys[i], jnp.int32(s), shards.num_examples[i], 9, batch)
-        g = grad(wi, shards.x[i][idx], shards.y[i][idx], valid)
+        g = grad(wi, {k: v[i][idx] for k, v in shards.features.items()}, valid)
         wi = jax.tree.map(lambda p, gp: p - lr * gp, wi, g)
       locals_.append(wi)
     w = jax.tree.map(lambda *ps: sum(ps) / 4, *locals_)
@@ -127,14 +128,14 @@ def test_delay_zero_is_synchronous_averaging_of_an_mlp():
 def test_sync_sgd_step_equals_large_batch_step_on_the_union():
   shards = helpers.random_clients([5, 5, 5], max_examples=5)
   model = fc.get_model("mlp", (6,), 3)
-  loss = fc.masked_cross_entropy(model)
-  alg = distributed.sync_sgd(model.init, loss, optax.sgd(0.3), batch_size=None)
+  loss = model.train_loss
+  alg = algorithms.sync_sgd(model.init, loss, optax.sgd(0.3), batch_size=None)
   state = alg.init(1, 3)
+  assert isinstance(state, algorithms.SyncState)
   w0 = state.params
   state, metrics = alg.run(state, shards, 1)
-  x = shards.x.reshape(15, 6)
-  y = shards.y.reshape(15)
-  union_loss, g = jax.value_and_grad(loss)(w0, x, y, jnp.ones(15, bool))
+  union = {"x": shards.features["x"].reshape(15, 6), "y": shards.features["y"].reshape(15)}
+  union_loss, g = jax.value_and_grad(loss)(w0, union, jnp.ones(15, bool))
   expected = jax.tree.map(lambda p, gp: p - 0.3 * gp, w0, g)
   for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, atol=1e-6)
@@ -144,9 +145,9 @@ def test_sync_sgd_step_equals_large_batch_step_on_the_union():
 def test_sync_sgd_equals_local_sgd_with_period_one():
   shards = helpers.random_clients([6, 4, 8, 5], max_examples=8)
   model = fc.get_model("logistic", (6,), 3)
-  loss = fc.masked_cross_entropy(model)
-  sync = distributed.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3)
-  local = distributed.periodic_averaging(model.init, loss, optax.sgd(0.1), period=1,
+  loss = model.train_loss
+  sync = algorithms.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3)
+  local = algorithms.periodic_averaging(model.init, loss, optax.sgd(0.1), period=1,
                                          batch_size=3)
   a, ma = sync.run(sync.init(2, 4), shards, 6)
   b, mb = local.run(local.init(2, 4), shards, 6)
@@ -158,21 +159,21 @@ def test_sync_sgd_equals_local_sgd_with_period_one():
 def test_codec_uploads_keep_workers_in_agreement_and_are_deterministic():
   shards = helpers.random_clients([6, 4, 8, 5], max_examples=8)
   model = fc.get_model("logistic", (6,), 3)  # compiles fast; the averaging is model-agnostic
-  loss = fc.masked_cross_entropy(model)
+  loss = model.train_loss
   codec = fc.codecs.parse("quantize(bits=2)")
-  local = distributed.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2,
+  local = algorithms.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2,
                                          batch_size=3, codec=codec)
   s, _ = local.run(local.init(0, 4), shards, 6)
   for leaf in jax.tree.leaves(s.params):  # raw own update subtracted: all agree, bit for bit
     np.testing.assert_array_equal(leaf, jnp.broadcast_to(leaf[0], leaf.shape))
-  plain = distributed.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2,
+  plain = algorithms.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2,
                                          batch_size=3)
   p, _ = plain.run(plain.init(0, 4), shards, 6)
   diff = max(float(jnp.max(jnp.abs(a - b)))
              for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(p.params)))
   assert 0 < diff < 0.5  # the codec is lossy, but close
   rotated = fc.codecs.parse("hadamard(flatten=true),quantize(bits=2)")
-  dga = distributed.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2, delay=3,
+  dga = algorithms.periodic_averaging(model.init, loss, optax.sgd(0.1), period=2, delay=3,
                                        batch_size=3, codec=rotated)
   r1, m1 = dga.run(dga.init(0, 4), shards, 8)
   r2, _ = dga.run(dga.init(0, 4), shards, 8)
@@ -180,10 +181,10 @@ def test_codec_uploads_keep_workers_in_agreement_and_are_deterministic():
   for a, b in zip(jax.tree.leaves(r1.replace(seed_key=None)),
                   jax.tree.leaves(r2.replace(seed_key=None))):
     np.testing.assert_array_equal(a, b)
-  sync = distributed.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3, codec=codec)
+  sync = algorithms.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3, codec=codec)
   q, mq = sync.run(sync.init(0, 4), shards, 3)
   assert bool(mq.finite)
-  exact = distributed.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3)
+  exact = algorithms.sync_sgd(model.init, loss, optax.sgd(0.1), batch_size=3)
   e, _ = exact.run(exact.init(0, 4), shards, 3)
   diff = max(float(jnp.max(jnp.abs(a - b)))
              for a, b in zip(jax.tree.leaves(q.params), jax.tree.leaves(e.params)))
@@ -198,18 +199,18 @@ def test_codec_uploads_keep_workers_in_agreement_and_are_deterministic():
 ])
 def test_bad_arguments(kwargs, message):
   with pytest.raises(ValueError, match=message):
-    distributed.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), **kwargs)
+    algorithms.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), **kwargs)
 
 
 def test_a_one_device_mesh_is_the_plain_program():
-  alg = distributed.periodic_averaging(zeros_init(1), quadratic_loss, optax.sgd(0.5), period=1,
+  alg = algorithms.periodic_averaging(zeros_init(1), quadratic_loss, optax.sgd(0.5), period=1,
                                        delay=1, batch_size=1, mesh=fc.clients_mesh(1))
   state, _ = alg.run(alg.init(0, 2), point_shards([[0.0], [4.0]]), 3)
   assert np.asarray(state.params["w"])[:, 0].tolist() == [1.0, 2.5]  # the hand-computed case
 
 
 def test_empty_worker_and_wrong_worker_count_are_refused():
-  alg = distributed.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), period=1)
+  alg = algorithms.periodic_averaging(zeros_init(2), quadratic_loss, optax.sgd(0.1), period=1)
   shards = helpers.random_clients([3, 0, 2], shape=(2,))
   with pytest.raises(ValueError, match=r"workers \[1\] have no example"):
     alg.run(alg.init(0, 3), shards, 1)
@@ -223,18 +224,18 @@ MESH_SCRIPT = textwrap.dedent("""
     import jax, numpy as np, optax
     assert jax.device_count() == 8, jax.devices()
     import fedjax_comp as fc
-    from fedjax_comp import distributed
+    from fedjax_comp import algorithms
     from tests import helpers
     shards = helpers.random_clients([5, 8, 3, 3, 8, 6, 2, 7, 4, 1, 8, 5, 3, 6, 2, 4],
                                     max_examples=8)
     model = fc.get_model("logistic", (6,), 3)
-    loss = fc.masked_cross_entropy(model)
+    loss = model.train_loss
     codec = fc.codecs.parse("quantize(bits=4)")
     builders = {
-        "dga": lambda mesh: distributed.periodic_averaging(
+        "dga": lambda mesh: algorithms.periodic_averaging(
             model.init, loss, optax.sgd(0.1), period=2, delay=3, batch_size=3, codec=codec,
             mesh=mesh),
-        "sync": lambda mesh: distributed.sync_sgd(model.init, loss, optax.sgd(0.1),
+        "sync": lambda mesh: algorithms.sync_sgd(model.init, loss, optax.sgd(0.1),
                                                   batch_size=3, mesh=mesh),
     }
     for name, build in builders.items():

@@ -1,0 +1,149 @@
+r"""Large populations on the host store: set-up time, peak memory, rounds, and what bucketing saves.
+
+::
+
+  .venv/bin/python -m benchmarks.scale --output_dir=results/scale         # ~5 min on 2 cores
+  .venv/bin/python -m benchmarks.scale --populations=1000000 --rounds=10
+
+For each size in ``--populations`` (a fresh subprocess each, so peak memory
+is that size's alone) it builds a heavy-tailed Synthetic(1, 1) population
+(`data.lazy`, ``sizes=heavy``: lognormal client sizes, mean ~50, uncapped)
+on the host store, with ``--clients_per_round`` clients per round and the
+logistic model, E = 1 epoch of batch 10, and runs ``--rounds`` rounds. It
+reports the set-up time (population, store, first compile), the peak RSS,
+rounds per second, the device's wait for each cohort, and the compiled
+cohort buckets. Then, on the same population and rounds, the round with
+every client padded to the population's largest (``min_bucket`` = that
+size: what a store padded to the population would run) against the
+cohort-bucketed round: seconds per round and padded example-steps per
+round (a client runs ``E * ceil(bucket / B)`` steps of ``B`` examples).
+"""
+
+from __future__ import annotations
+
+from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
+
+import json
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from benchmarks import _flags
+
+_POPULATIONS = flags.DEFINE_string("populations", "10000,100000,1000000",
+                                   "Population sizes, comma-separated.")
+_PER_ROUND = flags.DEFINE_string("scale_clients_per_round", "100", "Clients per round.")
+_ROUNDS = flags.DEFINE_string("scale_rounds", "10", "Rounds per population.")
+_PADDED_ROUNDS = flags.DEFINE_string("padded_rounds", "3", "Rounds with population-max padding "
+                                     "(0: skip the comparison).")
+_CHILD = flags.DEFINE_string("child", None, "Internal: measure one population size.")
+
+
+def measure(num_clients: int, per_round: int, rounds: int, padded_rounds: int) -> dict:
+  """One population: set-up, rounds, memory, and the padding comparison."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.data.host_store import HostStore  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.experiment import configs, federated  # pylint: disable=g-import-not-at-top
+
+  t0 = time.perf_counter()
+  cfg = configs.FederatedConfig().replace(
+      dataset="synthetic", partition="natural", num_clients=num_clients,
+      synthetic_sizes="heavy", client_store="host", model="logistic",
+      clients_per_round=per_round, rounds=rounds, local_epochs=1, batch_size=10,
+      network="none", eval_every=rounds)
+  exp = federated.setup(cfg, say=None)
+  step = exp.rounds.compile(exp.state)
+  setup_s = time.perf_counter() - t0
+  sizes = exp.data.sizes()
+  state, waits, times, steps = exp.state, [], [], []
+  for _ in range(rounds):
+    t = time.perf_counter()
+    state, out = step(state)
+    steps.append(int(out.metrics.num_steps))
+    times.append(time.perf_counter() - t)
+    waits.append(exp.rounds.data_wait_s)
+  entry = {
+      "num_clients": num_clients, "setup_s": setup_s,
+      "mean_client_size": float(sizes.mean()), "max_client_size": int(sizes.max()),
+      "rounds": rounds, "sec_per_round": float(np.median(times[1:] or times)),
+      "data_wait_s_per_round": float(np.median(waits[1:] or waits)),
+      "buckets_compiled": exp.rounds.buckets_compiled,
+      "real_steps_per_round": float(np.mean(steps)),
+  }
+  bucketed = exp.rounds.buckets_compiled
+  entry["padded_example_steps_per_round"] = float(np.mean([
+      exp.rounds.slots * -(-b // 10) * 10 for b in bucketed]))
+  if padded_rounds:
+    cap = int(sizes.max())
+    wide = HostStore(exp.data.ragged(), min_bucket=cap, say=None).bind(
+        exp.algorithm, exp.state.params)
+    wide_step = wide.compile(exp.state)
+    s, wide_times = exp.state, []
+    for _ in range(padded_rounds):
+      t = time.perf_counter()
+      s, out = wide_step(s)
+      int(out.metrics.num_steps)
+      wide_times.append(time.perf_counter() - t)
+    entry["population_max_padding"] = {
+        "bucket": cap, "sec_per_round": float(np.median(wide_times)),
+        "padded_example_steps_per_round": float(wide.slots * -(-cap // 10) * 10)}
+    entry["bucketing_speedup"] = entry["population_max_padding"]["sec_per_round"] / entry[
+        "sec_per_round"]
+  entry["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  return entry
+
+
+def _ints(text: str, flag: str) -> list[int]:
+  try:
+    values = [int(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    values = []
+  if not values or min(values) < 1:
+    raise ValueError(f"--{flag} must be comma-separated integers >= 1, got {text!r}")
+  return values
+
+
+def main() -> int:
+  per_round = _ints(_PER_ROUND.value, "scale_clients_per_round")[0]
+  rounds = _ints(_ROUNDS.value, "scale_rounds")[0]
+  padded = int(_PADDED_ROUNDS.value) if _PADDED_ROUNDS.value.isdigit() else -1
+  if padded < 0:
+    raise ValueError(f"--padded_rounds must be an integer >= 0, got {_PADDED_ROUNDS.value!r}")
+  if _CHILD.value:
+    print(json.dumps(measure(int(_CHILD.value), per_round, rounds, padded)))
+    return 0
+  sizes = _ints(_POPULATIONS.value, "populations")
+  out = _flags.check_output_dir(_flags.OUTPUT_DIR.value or "results/scale",
+                                overwrite=_flags.OVERWRITE.value, resumable=False)
+  from fedjax_comp.experiment import results  # pylint: disable=g-import-not-at-top
+  recorder = results.RunRecorder(out, "scale")
+  metrics = {}
+  for n in sizes:
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", f"--child={n}",
+                           f"--scale_clients_per_round={per_round}",
+                           f"--scale_rounds={rounds}", f"--padded_rounds={padded}"],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode:
+      raise ValueError(f"population {n}: {proc.stderr.strip().splitlines()[-1]}")
+    entry = json.loads(proc.stdout.strip().splitlines()[-1])
+    metrics[str(n)] = entry
+    recorder.log(entry)
+    print(f"{n:>9,} clients: set-up {entry['setup_s']:5.1f} s, peak RSS "
+          f"{entry['peak_rss_mb']:6.0f} MB, {entry['sec_per_round'] * 1e3:7.1f} ms/round "
+          f"(data wait {entry['data_wait_s_per_round'] * 1e3:.1f} ms), buckets "
+          f"{entry['buckets_compiled']}, largest client {entry['max_client_size']}"
+          + (f"; population-max padding {entry['bucketing_speedup']:.1f}x slower"
+             if "bucketing_speedup" in entry else ""))
+  recorder.finish(succeeded=True, metrics=metrics, extras={
+      "config": {"populations": sizes, "clients_per_round": per_round, "rounds": rounds,
+                 "padded_rounds": padded, "model": "logistic", "sizes": "heavy",
+                 "local_epochs": 1, "batch_size": 10}, **results.environment()})
+  print(f"results: {out}/result.json")
+  return 0
+
+
+if __name__ == "__main__":
+  _flags.main(main)

@@ -1,0 +1,178 @@
+"""The client update: local training on one client's padded examples, as a pure function.
+
+``client_update(params, client, key, correction=None) -> (delta, ClientMetrics)``
+runs local minibatch training (any optax optimizer) from the server's
+`params` on the model's own loss and returns the model delta
+H = W_local - W. It is written for one client; the round `vmap`s it over a
+chunk of clients. Algorithms build it (`algorithms.fed_avg` and friends);
+the schedule is a `LocalSchedule`:
+
+* ``epochs=E, batch_size=B``: E local epochs of minibatches of B (McMahan et
+  al. 2017; `batching`); ``batch_size=None`` is B = inf, so FedSGD is
+  ``LocalSchedule(epochs=1, batch_size=None)``.
+* ``steps=K``: every non-empty client takes exactly K steps, cycling
+  through epochs as needed.
+
+Padding: every client of a round is padded to the same ``max_examples``, so
+under `vmap` all clients run the same number of scan steps. A client with n
+examples is active for ``E * ceil(n / B)`` of them (or K); on the other
+steps its parameters and optimizer state are left unchanged, and padded
+examples have zero weight in every loss. An empty client returns a zero
+delta and 0 steps.
+
+Two hooks serve algorithms beyond FedAvg: ``prox_mu`` adds FedProx's
+proximal term mu/2 ||w - W||^2 to the local loss, and ``correction`` (a
+params-shaped tree, passed per call) is added to every local gradient
+(SCAFFOLD's c - c_i).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from fedjax_comp import keys
+from fedjax_comp.batching import minibatch
+from fedjax_comp.codecs import Structure
+from fedjax_comp.data.federated import ClientArrays
+from fedjax_comp.models import Params
+
+LossFn = Callable[[Params, dict, jax.Array], jax.Array]  # model.train_loss
+
+
+class ClientMetrics(NamedTuple):
+  train_loss: jax.Array  # mean minibatch loss over the client's active steps
+  num_steps: jax.Array  # local steps actually taken (int32)
+
+
+ClientUpdateFn = Callable[..., tuple[Params, ClientMetrics]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalSchedule:
+  """How much a client trains each round: E epochs of batch B, or K steps."""
+
+  epochs: int = 1
+  batch_size: int | None = 10  # None: the client's whole data (B = inf)
+  steps: int | None = None  # K; overrides epochs
+
+  def __post_init__(self):
+    if self.steps is None and not (isinstance(self.epochs, int) and self.epochs >= 1):
+      raise ValueError(f"local_epochs must be an integer >= 1, got {self.epochs!r}")
+    if self.steps is not None and not (isinstance(self.steps, int) and self.steps >= 1):
+      raise ValueError(f"local_steps must be an integer >= 1 (or None for epochs), "
+                       f"got {self.steps!r}")
+    if self.batch_size is not None and not (isinstance(self.batch_size, int)
+                                            and self.batch_size >= 1):
+      raise ValueError(f"batch_size must be an integer >= 1 (or None for full batch), "
+                       f"got {self.batch_size!r}")
+
+
+def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
+                       schedule: LocalSchedule = LocalSchedule(), *,
+                       structure: Structure | None = None,
+                       prox_mu: float = 0.0) -> ClientUpdateFn:
+  """Builds the pure client update.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, mask) -> scalar`` averaging over `mask`
+      (a model's ``train_loss``).
+    optimizer: the client's optax optimizer (``optax.sgd(client_lr)`` for FedAvg).
+    schedule: the local epochs/steps and batch size.
+    structure: a structured codec's `Structure` (``codec.structure`` of
+      ``low_rank``/``random_mask``): the client then trains the small
+      variable z on ``loss(params + structure.expand(key, z))``, from
+      ``structure.init(key, params)``, and returns the final z instead of
+      the delta. The key is the client's codec stream, the one the server
+      decodes with.
+    prox_mu: FedProx's mu >= 0; the local objective gets mu/2 ||w - params||^2
+      (0: plain local training, the same program as without it).
+
+  Returns:
+    ``client_update(params, client, key, correction=None) -> (delta,
+    ClientMetrics)`` for one client (delta is z with a `structure`); `vmap`
+    it over clients.
+  """
+  if not (isinstance(prox_mu, (int, float)) and math.isfinite(prox_mu) and prox_mu >= 0):
+    raise ValueError(f"fedprox_mu must be a finite number >= 0, got {prox_mu!r}")
+  epochs, batch_size, local_steps = schedule.epochs, schedule.batch_size, schedule.steps
+
+  def client_update(params: Params, client: ClientArrays, key: jax.Array,
+                    correction: Params | None = None) -> tuple[Params, ClientMetrics]:
+    client = jax.tree.map(jnp.asarray, client)  # host arrays cannot be indexed by tracers
+    max_n = client.max_examples
+    batch = max_n if batch_size is None else min(batch_size, max_n)
+    n = client.num_examples
+    steps_per_epoch = jnp.maximum((n + batch - 1) // batch, 1)  # this client's
+    if local_steps is None:
+      total_steps = epochs * math.ceil(max_n / batch)  # the longest client's
+      active_steps = jnp.where(n > 0, epochs * steps_per_epoch, 0)
+    else:
+      total_steps = local_steps
+      active_steps = jnp.where(n > 0, local_steps, 0)
+    data_key = keys.stream(key, keys.Stream.DATA_ORDER)
+    if structure is None:
+      trainable, model_params = params, lambda z: z
+    else:
+      if correction is not None:
+        raise ValueError("a gradient correction (SCAFFOLD) cannot be combined with a "
+                         "structured codec (low_rank, random_mask)")
+      codec_key = keys.stream(key, keys.Stream.CODEC)
+      trainable = structure.init(codec_key, params)
+      model_params = lambda z: jax.tree.map(
+          jnp.add, params, structure.expand(codec_key, z))
+
+    def objective(z, batch, mask):
+      w = model_params(z)
+      loss = loss_fn(w, batch, mask)
+      if prox_mu:
+        sq = sum(jnp.sum(jnp.square(a - b)) for a, b in zip(jax.tree.leaves(w),
+                                                             jax.tree.leaves(params)))
+        return loss + 0.5 * prox_mu * sq, loss
+      return loss, loss
+
+    # Gradients with respect to the trainable variable: the params, or a
+    # structured codec's z (for random_mask, exactly the masked gradient).
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def step(carry, s):
+      p, opt_state, loss_sum = carry
+      idx, valid = minibatch(data_key, s, n, max_n, batch)
+      active = s < active_steps
+      mask = valid & active
+      (_, loss), grads = grad_fn(p, {k: v[idx] for k, v in client.features.items()}, mask)
+      if correction is not None:
+        grads = jax.tree.map(jnp.add, grads, correction)
+      updates, new_opt_state = optimizer.update(grads, opt_state, p)
+      new_p = optax.apply_updates(p, updates)
+      keep = lambda new, old: jnp.where(active, new, old)
+      # A running sum (adding exact zeros on inactive steps): the loss does not
+      # depend on how many padded steps the client's cohort runs.
+      return (jax.tree.map(keep, new_p, p), jax.tree.map(keep, new_opt_state, opt_state),
+              loss_sum + jnp.where(active, loss, 0.0)), None
+
+    # The first step is peeled out of the scan: there every client still holds
+    # the server's params, which `vmap` keeps unbatched, so its forward pass
+    # and input gradients are one matmul over the whole chunk's examples
+    # instead of a batch of per-client ones.
+    carry, _ = step((trainable, optimizer.init(trainable), jnp.float32(0.0)), 0)
+    # unroll=2: lets XLA fuse across step pairs and drop per-iteration carry
+    # copies (about 7% on the CPU for the MLP, measured in one process).
+    (new_params, _, loss_sum), _ = lax.scan(step, carry, jnp.arange(1, total_steps), unroll=2)
+    if structure is None:
+      delta = jax.tree.map(jnp.subtract, new_params, params)
+    else:
+      delta = new_params  # z: expand(z0) == 0, so z itself is the update
+
+    num_steps = active_steps.astype(jnp.int32)
+    train_loss = loss_sum / jnp.maximum(num_steps, 1)
+    return delta, ClientMetrics(train_loss=train_loss, num_steps=num_steps)
+
+  return client_update

@@ -1,0 +1,120 @@
+"""Layers written for the round's vmap over clients on XLA:CPU (same parameters as flax's).
+
+`Dense` and `PatchConv` have flax's parameter names, shapes and
+initializers, and its outputs up to float summation order; they differ in
+how their gradients are computed, which is what the round spends its time
+on (WORKSPACE.md, performance notes). `max_pool_2x2` is `nn.max_pool` with a
+2x2 window and stride 2.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+@jax.custom_vjp
+def dense(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """``x @ kernel + bias`` for ``x`` of shape [batch, in]; its kernel gradient is a plain matmul.
+
+  Autodiff would compute the kernel gradient ``x.T @ dy`` as one dot that
+  contracts the leading (batch) axis of both operands. Inside the round's
+  vmap over clients that is a batch of [in, b] x [b, out] products whose
+  contraction (b = the local batch, e.g. 10) is the major axis of both, and
+  XLA's CPU backend runs it at about half the rate of the forward product.
+  Here ``x.T`` is written out first (behind an optimization barrier, so XLA
+  cannot fold the transpose back into the dot): the gradient becomes an
+  ordinary [in, b] x [b, out] product, and the MLP round is about 19% faster
+  on a 2-core CPU (WORKSPACE.md). Same values as autodiff up to float
+  summation order. Being a `jax.custom_vjp`, it has reverse-mode derivatives
+  only: `jax.grad`/`jax.vjp` work, `jax.jvp`/`jax.jacfwd` through it raise.
+  """
+  return x @ kernel + bias
+
+
+def _dense_fwd(x, kernel, bias):
+  return x @ kernel + bias, (x, kernel)
+
+
+def _dense_bwd(residuals, dy):
+  x, kernel = residuals
+  d_kernel = jax.lax.optimization_barrier(x.T) @ dy
+  # dx as (kernel @ dy.T).T reads the kernel in its stored layout; written
+  # dy @ kernel.T, XLA copied out the transposed kernel first (6.4 MB per
+  # step for the CNN's dense layer, about 8% of its round).
+  d_x = (kernel @ dy.T).T
+  return d_x, d_kernel, jnp.sum(dy, axis=0)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
+class Dense(nn.Module):
+  """`flax.linen.Dense` (same parameter names, shapes and initializers) on `dense`."""
+
+  features: int
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    y = dense(x.reshape(-1, x.shape[-1]), kernel, bias)
+    return y.reshape(*x.shape[:-1], self.features)
+
+
+def _same_patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
+  """[N, H, W, C] -> [N, H, W, kh*kw*C] "same" patches, features ordered (i, j, c).
+
+  Built from kh*kw shifted slices rather than `lax.conv_general_dilated_patches`:
+  autodiff then transposes it into pads and adds (a cheap col2im) instead of a
+  grouped convolution, which XLA's CPU backend runs about 3x slower. The
+  slices are stacked on the axis before the channels, so each one is written
+  (and its gradient read) as runs of C contiguous floats; stacked on the last
+  axis they would be strided one float at a time, and building the patches
+  and their gradient took a quarter of the CNN round.
+  """
+  n, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  shifted = [padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
+  return jnp.stack(shifted, axis=-2).reshape(n, h, w, kh * kw * c)
+
+
+def max_pool_2x2(x: jax.Array) -> jax.Array:
+  """2x2 max pooling with stride 2 ("VALID": an odd last row or column is dropped).
+
+  The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, written as a
+  reshape and a max: XLA's CPU backend runs the reduce-window of
+  `nn.max_pool` and its select-and-scatter gradient several times slower.
+  Where a window holds tied maxima, the gradient is shared among them
+  instead of going to one (after a ReLU, the tied zeros get no gradient
+  either way).
+  """
+  n, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2, :]
+  return x.reshape(n, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class PatchConv(nn.Module):
+  """A "same"-padded, stride-1 convolution as image patches times a matrix (im2col).
+
+  Same parameters (``kernel`` [kh, kw, in, out], ``bias``) and outputs as
+  `flax.linen.Conv`, up to float summation order. Why: inside the round's
+  scan of vmapped clients, XLA's CPU backend computes the kernel gradient of
+  `lax.conv` as a convolution with an image-sized window, about 10x slower
+  than the patches-transpose-times-gradient matmul this layer produces
+  (measured 110 vs 16 ms for the CNN's second layer at batch 10).
+  """
+
+  features: int
+  kernel_size: tuple[int, int]
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = self.kernel_size
+    channels = x.shape[-1]
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, channels, self.features))
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
+    patches = _same_patches(x, kh, kw)
+    return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
