@@ -17,6 +17,10 @@ every client padded to the population's largest (``min_bucket`` = that
 size: what a store padded to the population would run) against the
 cohort-bucketed round: seconds per round and padded example-steps per
 round (a client runs ``E * ceil(bucket / B)`` steps of ``B`` examples).
+
+Last, a user's own natural clients: 300 clients of 1 to 5,000 examples
+(log-uniform), the MLP, 30 per round, on the device store (padded to 5,000)
+and on the host store: bytes held and seconds per round.
 """
 
 from __future__ import annotations
@@ -96,6 +100,52 @@ def measure(num_clients: int, per_round: int, rounds: int, padded_rounds: int) -
   return entry
 
 
+def natural_case(num_clients: int = 300, largest: int = 5000, per_round: int = 30,
+                 rounds: int = 5) -> dict:
+  """A user's own natural clients of 1 to `largest` examples (log-uniform sizes, 40
+  features, 10 classes, the MLP, E = 1 of batch 10): device store (padded to the largest)
+  against host store (ragged, cohort buckets): bytes held and seconds per round."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  import fedjax_comp as fc  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.data.host_store import HostStore  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.data.ragged import RaggedClients  # pylint: disable=g-import-not-at-top
+
+  rng = np.random.default_rng(0)
+  sizes = np.round(np.exp(rng.uniform(0, np.log(largest), num_clients))).astype(np.int64)
+  sizes[0] = largest
+  total = int(sizes.sum())
+  ragged = RaggedClients({"x": rng.standard_normal((total, 40)).astype(np.float32),
+                          "y": rng.integers(0, 10, total).astype(np.int32)},
+                         np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+  model = fc.get_model("mlp", (40,), 10)
+  alg = fc.fed_avg(model, optax.sgd(0.05), fc.server_optimizer("fedavg", 1.0),
+                   fc.LocalSchedule(epochs=1, batch_size=10), clients_per_round=per_round)
+  out = {"num_clients": num_clients, "largest": largest, "real_examples": total,
+         "ragged_bytes": ragged.nbytes}
+  padded = None
+  for kind in ("host", "device"):
+    state = alg.init(0)
+    if kind == "host":
+      bound = HostStore(ragged, min_bucket=10, say=None).bind(alg, state.params)
+    else:
+      padded = fc.ClientArrays(features=ragged.gather(np.arange(num_clients), largest),
+                               num_examples=sizes.astype(np.int32))
+      bound = fc.DeviceStore(padded).bind(alg, state.params)
+    step = bound.compile(state)
+    state, o = step(state)
+    int(o.metrics.num_steps)
+    t = time.perf_counter()
+    for _ in range(rounds):
+      state, o = step(state)
+      int(o.metrics.num_steps)
+    out[f"{kind}_sec_per_round"] = (time.perf_counter() - t) / rounds
+  out["padded_bytes"] = sum(int(a.nbytes) for a in padded.features.values())
+  out["memory_ratio"] = out["padded_bytes"] / out["ragged_bytes"]
+  out["speedup"] = out["device_sec_per_round"] / out["host_sec_per_round"]
+  return out
+
+
 def _ints(text: str, flag: str) -> list[int]:
   try:
     values = [int(v) for v in text.split(",") if v.strip()]
@@ -112,6 +162,9 @@ def main() -> int:
   padded = int(_PADDED_ROUNDS.value) if _PADDED_ROUNDS.value.isdigit() else -1
   if padded < 0:
     raise ValueError(f"--padded_rounds must be an integer >= 0, got {_PADDED_ROUNDS.value!r}")
+  if _CHILD.value == "natural":
+    print(json.dumps(natural_case()))
+    return 0
   if _CHILD.value:
     print(json.dumps(measure(int(_CHILD.value), per_round, rounds, padded)))
     return 0
@@ -137,6 +190,15 @@ def main() -> int:
           f"{entry['buckets_compiled']}, largest client {entry['max_client_size']}"
           + (f"; population-max padding {entry['bucketing_speedup']:.1f}x slower"
              if "bucketing_speedup" in entry else ""))
+  proc = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--child=natural"],
+                        capture_output=True, text=True, check=False)
+  if proc.returncode:
+    raise ValueError(f"natural clients case: {proc.stderr.strip().splitlines()[-1]}")
+  metrics["natural_clients"] = nat = json.loads(proc.stdout.strip().splitlines()[-1])
+  recorder.log(nat)
+  print(f"natural clients (300, 1 to 5,000 examples): padded {nat['memory_ratio']:.1f}x the "
+        f"ragged bytes; host store {nat['speedup']:.1f}x faster per round "
+        f"({nat['host_sec_per_round'] * 1e3:.0f} vs {nat['device_sec_per_round'] * 1e3:.0f} ms)")
   recorder.finish(succeeded=True, metrics=metrics, extras={
       "config": {"populations": sizes, "clients_per_round": per_round, "rounds": rounds,
                  "padded_rounds": padded, "model": "logistic", "sizes": "heavy",

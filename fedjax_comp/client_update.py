@@ -39,7 +39,7 @@ import optax
 from jax import lax
 
 from fedjax_comp import keys
-from fedjax_comp.batching import minibatch
+from fedjax_comp.batching import batch_of, minibatch, padded_order
 from fedjax_comp.codecs import Structure
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.models import Params
@@ -112,7 +112,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     n = client.num_examples
     steps_per_epoch = jnp.maximum((n + batch - 1) // batch, 1)  # this client's
     if local_steps is None:
-      total_steps = epochs * math.ceil(max_n / batch)  # the longest client's
+      total_steps = None  # epochs: E x ceil(max_n / batch) steps, one epoch order each
       active_steps = jnp.where(n > 0, epochs * steps_per_epoch, 0)
     else:
       total_steps = local_steps
@@ -142,10 +142,8 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     # structured codec's z (for random_mask, exactly the masked gradient).
     grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-    def step(carry, s):
+    def train_step(carry, idx, valid, active):
       p, opt_state, loss_sum = carry
-      idx, valid = minibatch(data_key, s, n, max_n, batch)
-      active = s < active_steps
       mask = valid & active
       (_, loss), grads = grad_fn(p, {k: v[idx] for k, v in client.features.items()}, mask)
       if correction is not None:
@@ -156,16 +154,42 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       # A running sum (adding exact zeros on inactive steps): the loss does not
       # depend on how many padded steps the client's cohort runs.
       return (jax.tree.map(keep, new_p, p), jax.tree.map(keep, new_opt_state, opt_state),
-              loss_sum + jnp.where(active, loss, 0.0)), None
+              loss_sum + jnp.where(active, loss, 0.0))
 
-    # The first step is peeled out of the scan: there every client still holds
-    # the server's params, which `vmap` keeps unbatched, so its forward pass
-    # and input gradients are one matmul over the whole chunk's examples
-    # instead of a batch of per-client ones.
-    carry, _ = step((trainable, optimizer.init(trainable), jnp.float32(0.0)), 0)
-    # unroll=2: lets XLA fuse across step pairs and drop per-iteration carry
-    # copies (about 7% on the CPU for the MLP, measured in one process).
-    (new_params, _, loss_sum), _ = lax.scan(step, carry, jnp.arange(1, total_steps), unroll=2)
+    init = (trainable, optimizer.init(trainable), jnp.float32(0.0))
+    # The first step is peeled out of the scans: there every client still
+    # holds the server's params, which `vmap` keeps unbatched, so its forward
+    # pass and input gradients are one matmul over the whole chunk's examples
+    # instead of a batch of per-client ones. unroll=2: lets XLA fuse across
+    # step pairs and drop per-iteration carry copies (about 7% on the CPU for
+    # the MLP, measured in one process).
+    if local_steps is None:
+      # Epochs: each epoch's example order is drawn and sorted once, then its
+      # batches are sliced from it (sorting per step cost O(n) per step, so
+      # O(n^2 / B) per epoch: 2.4 ms a step at 2,048 examples). The
+      # sequence of (epoch, batch) steps is the same as `batching.minibatch`'s.
+      spe_max = math.ceil(max_n / batch)
+
+      def epoch(carry, e, order, first):
+        def body(carry, b):
+          idx, valid = batch_of(order, b, n, batch)
+          return train_step(carry, idx, valid, (b < steps_per_epoch) & (n > 0)), None
+        return lax.scan(body, carry, jnp.arange(first, spe_max), unroll=2)[0]
+
+      order = padded_order(data_key, 0, n, max_n, batch)
+      carry = train_step(init, *batch_of(order, 0, n, batch), n > 0)
+      carry = epoch(carry, 0, order, 1)
+      carry, _ = lax.scan(
+          lambda c, e: (epoch(c, e, padded_order(data_key, e, n, max_n, batch), 0), None),
+          carry, jnp.arange(1, epochs))
+    else:
+      def step(carry, s):
+        idx, valid = minibatch(data_key, s, n, max_n, batch)
+        return train_step(carry, idx, valid, s < active_steps), None
+
+      carry, _ = step(init, 0)
+      carry, _ = lax.scan(step, carry, jnp.arange(1, total_steps), unroll=2)
+    new_params, _, loss_sum = carry
     if structure is None:
       delta = jax.tree.map(jnp.subtract, new_params, params)
     else:

@@ -21,7 +21,7 @@ def test_quick_run_writes_every_section(tmp_path):
   report = json.loads((tmp_path / "device_bench.json").read_text())
   assert report["errors"] == {}
   assert set(report["sections"]) == set(report["wall_s"]) == {
-      "chunk_sweep", "throughput", "kernels", "main_job"}
+      "chunk_sweep", "throughput", "kernels", "main_job", "main_job_host_store"}
   assert report["environment"]["backend"] == "cpu"
   sweep = report["sections"]["chunk_sweep"]["logistic"]
   times = {int(c): e["sec_per_round"] for c, e in sweep["chunks"].items()}
@@ -30,6 +30,10 @@ def test_quick_run_writes_every_section(tmp_path):
   assert tp["client_chunk"] == sweep["best_chunk"]  # the sweep's winner is what is measured
   assert {"clients_8", "clients_16"} <= set(tp)
   assert report["sections"]["main_job"]["rounds"] == 2
+  host = report["sections"]["main_job_host_store"]
+  assert host["client_store"] == "host" and host["rounds"] == 2
+  # The same run from either store: the same accuracy, bit for bit.
+  assert host["final_test_accuracy"] == report["sections"]["main_job"]["final_test_accuracy"]
   assert "copy@4x1024" in report["sections"]["kernels"]
 
 

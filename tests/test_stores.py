@@ -105,3 +105,21 @@ def test_rows_table_round_trips_between_stores():
   back = fc.DeviceStore(data).bind(alg, state.params)
   back.set_rows(host.get_rows())
   jax.tree.map(np.testing.assert_array_equal, back.get_rows(), device.get_rows())
+
+
+def test_rows_of_another_shape_are_refused():
+  data = helpers.random_clients([5, 7, 3], max_examples=8)
+  alg = fc.scaffold(helpers.mlp(), 0.1, fc.server_optimizer("fedavg", 1.0),
+                    clients_per_round=2, client_chunk=1)
+  other = fc.scaffold(fc.get_model("logistic", (6,), 3), 0.1,
+                      fc.server_optimizer("fedavg", 1.0), clients_per_round=2, client_chunk=1)
+  table = fc.DeviceStore(data).bind(other, other.init(0).params).get_rows()
+  params = alg.init(0).params
+  for bound in (fc.DeviceStore(data).bind(alg, params),
+                HostStore(RaggedClients.from_client_arrays(data), say=None).bind(alg, params)):
+    with pytest.raises(ValueError, match="state rows: the table's structure"):
+      bound.set_rows(table)
+  mlp_table = fc.DeviceStore(data).bind(alg, params).get_rows()
+  bad = {"ids": mlp_table["ids"], "rows": jax.tree.map(lambda r: r[:, :1], mlp_table["rows"])}
+  with pytest.raises(ValueError, match=r"state rows: an array of shape \(3, 1"):
+    fc.DeviceStore(data).bind(alg, params).set_rows(bad)

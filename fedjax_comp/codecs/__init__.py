@@ -60,8 +60,8 @@ References:
   Communication Efficiency", 2016 (arXiv:1610.05492).
 """
 
-from fedjax_comp.codecs.base import (Codec, CodecState, Payload, Structure, identity,
-                                     per_leaf)
+from fedjax_comp.codecs.base import (Codec, CodecState, Payload, Structure, check_float,
+                                     identity, map_leaves, per_leaf, static_field)
 from fedjax_comp.codecs.bits import codec_input, dense_bits, payload_bits, uplink_bits
 from fedjax_comp.codecs.composition import chain
 from fedjax_comp.codecs.quantization import Quantized, quantize
@@ -75,7 +75,8 @@ from fedjax_comp.codecs.subsampling import Subsampled, kept_count, subsample
 __all__ = [
     "COMPOSITE_EXAMPLES", "REGISTRY", "Codec", "CodecInfo", "CodecState", "FlatRotated",
     "Frozen", "LowRank", "Masked", "Payload", "Quantized", "Rotated", "Structure",
-    "Subsampled", "chain", "codec_input", "dense_bits", "hadamard", "identity", "kept_count",
-    "low_rank", "mask_indices", "parse", "parse_stages", "payload_bits", "per_leaf",
-    "quantize", "random_mask", "register", "subsample", "uplink_bits",
+    "Subsampled", "chain", "check_float", "codec_input", "dense_bits", "hadamard", "identity",
+    "kept_count", "low_rank", "map_leaves", "mask_indices", "parse", "parse_stages",
+    "payload_bits", "per_leaf", "quantize", "random_mask", "register", "static_field",
+    "subsample", "uplink_bits",
 ]

@@ -48,6 +48,7 @@ from fedjax_comp.algorithms import engine
 from fedjax_comp.algorithms.base import Cohort, FederatedAlgorithm, RoundOutput
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.data.ragged import RaggedClients  # noqa: F401  (re-exported)
+from fedjax_comp.data.stores import check_row_table
 from fedjax_comp.sharding import CLIENTS_AXIS, fetch, paced
 
 
@@ -206,5 +207,8 @@ class HostRounds:
     return {"ids": np.zeros((count,), np.int64), "rows": rows}
 
   def set_rows(self, table) -> None:
+    """Replaces the stored rows with ``table`` (from `get_rows`, a checkpoint, a device store)."""
+    if self.stateful:
+      check_row_table(table, self.init_row)
     self.rows = {int(i): jax.tree.map(lambda a, j=j: np.asarray(a[j]), table["rows"])
                  for j, i in enumerate(np.asarray(table["ids"]))} if self.stateful else {}

@@ -67,6 +67,21 @@ def row_stack_shapes(algorithm: FederatedAlgorithm, params, num_rows: int):
   return jax.tree.map(lambda r: jax.ShapeDtypeStruct((num_rows, *r.shape), r.dtype), row)
 
 
+def check_row_table(table, init_row) -> None:
+  """ValueError unless every row of ``table["rows"]`` has the shape and dtype of `init_row`."""
+  ids = np.asarray(table["ids"])
+  want = jax.tree.structure(init_row)
+  if jax.tree.structure(table["rows"]) != want:
+    raise ValueError(f"state rows: the table's structure {jax.tree.structure(table['rows'])} "
+                     f"does not match this algorithm's row {want}")
+  for got, row in zip(jax.tree.leaves(table["rows"]), jax.tree.leaves(init_row)):
+    expected = (len(ids), *np.shape(row))
+    if tuple(np.shape(got)) != expected or np.dtype(got.dtype) != np.dtype(row.dtype):
+      raise ValueError(f"state rows: an array of shape {tuple(np.shape(got))} "
+                       f"{np.dtype(got.dtype)} where the model's rows need {expected} "
+                       f"{np.dtype(row.dtype)} (another model or algorithm?)")
+
+
 def _gib(n: int) -> str:
   return f"{n / 2**30:.2f} GiB"
 
@@ -163,7 +178,10 @@ class DeviceRounds:
 
   def set_rows(self, table) -> None:
     """Sets the rows of ``table["ids"]`` (from `get_rows` or a host store's table)."""
-    if not self.stateful or not len(table["ids"]):
+    if not self.stateful:
+      return
+    check_row_table(table, jax.tree.map(lambda r: r[0], fetch(self.rows)))
+    if not len(table["ids"]):
       return
     ids = jnp.asarray(table["ids"], jnp.int32)
     self.rows = replicate(jax.tree.map(lambda r, new: jnp.asarray(r).at[ids].set(new),
