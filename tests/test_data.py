@@ -146,3 +146,12 @@ def test_sample_clients_uniform_without_replacement():
     assert abs(counts[c] - 900) < 5 * 25
   with pytest.raises(ValueError, match="clients_per_round must be in"):
     sampling.sample_clients(jax.random.key(0), 5, 6)
+
+
+@pytest.mark.parametrize("n,k", [(1, 1), (7, 3), (1000, 100), (1000, 1000), (5000, 1)])
+def test_kth_largest_equals_the_sorted_value_with_ties(n, k):
+  rng = np.random.default_rng(n + k)
+  for scores in (rng.integers(0, 2**32, n, dtype=np.uint32),
+                 rng.choice(np.array([0, 5, 2**31, 2**32 - 1], np.uint32), n)):  # many ties
+    got = int(jax.jit(sampling.kth_largest, static_argnums=1)(scores, k))
+    assert got == int(np.sort(scores)[n - k])

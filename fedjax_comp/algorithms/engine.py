@@ -242,24 +242,29 @@ def run_cohort(client_fn: ClientFn, broadcast, cohort: Cohort, round_key: jax.Ar
   def per_device(broadcast, data, rows, round_key, local_ids, local_index):
     if cohort.gathered:  # this device's share of the cohort, in slot order
       local_index = jnp.arange(local_ids.shape[0], dtype=jnp.int32)
-    totals, per_slot = _scan(client_fn, broadcast, data, rows, round_key, local_ids,
-                             local_index, chunk, exact)
+    totals, (steps, new_rows) = _scan(client_fn, broadcast, data, rows, round_key,
+                                      local_ids, local_index, chunk, exact)
+    # Every slot's step count, placed at this device's offset, rides in the sums'
+    # all-reduce: returning it sharded cost a second collective per round
+    # (about 5% of a 1,000-client logistic round on 2 CPU devices).
+    offset = lax.axis_index(CLIENTS_AXIS) * steps.shape[0]
+    steps = lax.dynamic_update_slice(jnp.zeros((slots,), jnp.int32), steps, (offset,))
     if not exact:
-      return lax.psum(totals, CLIENTS_AXIS), per_slot
+      return lax.psum((totals, steps), CLIENTS_AXIS), new_rows
     # The devices' totals are the top of the tree: gathered, then added in pairs.
-    gathered = lax.all_gather(totals, CLIENTS_AXIS)
+    gathered = lax.all_gather((totals, steps), CLIENTS_AXIS)
     return jax.tree.map(lambda a: _pairwise(a) if jnp.issubdtype(a.dtype, jnp.floating)
-                        else jnp.sum(a, axis=0), gathered), per_slot
+                        else jnp.sum(a, axis=0), gathered), new_rows
 
   spread = P(CLIENTS_AXIS) if cohort.gathered else P()
   # check_vma=False: client code (scans over replicated params whose carries
   # become per-device) is written for one device and should not need pcasts.
-  totals, per_slot = jax.shard_map(
+  (totals, steps), new_rows = jax.shard_map(
       per_device, mesh=mesh, in_specs=(P(), spread, spread, P(), P(CLIENTS_AXIS),
                                        P(CLIENTS_AXIS)),
       out_specs=(P(), P(CLIENTS_AXIS)), check_vma=False)(broadcast, data, rows, round_key, ids,
                                                          index)
-  return finish(totals, per_slot)
+  return finish(totals, (steps, new_rows))
 
 
 def make_round(broadcast, client_fn: ClientFn, server, *, chunk: int,

@@ -51,6 +51,8 @@ from fedjax_comp.data.ragged import RaggedClients  # noqa: F401  (re-exported)
 from fedjax_comp.data.stores import check_row_table
 from fedjax_comp.sharding import CLIENTS_AXIS, fetch, paced
 
+IDS_AHEAD = 64  # rounds whose client ids are computed in one call (at most)
+
 
 def next_pow2(n: int) -> int:
   return 1 << max(int(n) - 1, 0).bit_length()
@@ -112,22 +114,41 @@ class HostRounds:
     _, self.slots = engine.layout(m, algorithm.client_chunk, ndev, algorithm.reproducible)
     self._spread = (NamedSharding(store.mesh, P(CLIENTS_AXIS)) if store.mesh is not None
                     else None)
-    self._ids = jax.jit(sampling.round_ids, static_argnums=(2, 3))
+    self._ids_block = jax.jit(jax.vmap(
+        lambda key, r: sampling.round_ids(key, r, n, m), in_axes=(None, 0)))
+    self._ids_table: dict[int, np.ndarray] = {}
     self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cohort")
     self._next: tuple[int, concurrent.futures.Future] | None = None
     self._compiled: dict[int, Any] = {}
     self.buckets_compiled: list[int] = []  # one compile each
     self.data_wait_s = 0.0  # how long the last round waited for its cohort's data
+    self.last_bucket = None  # the last round's padded size
     self._round: int | None = None
     self._seed_key = None
 
   def _put(self, tree):
     return jax.device_put(tree, self._spread) if self._spread else jax.device_put(tree)
 
-  def _prepare(self, r: int):
+  def _round_ids(self, r: int) -> np.ndarray:
+    """Round r's ids, from a table of the next rounds' computed in one call.
+
+    Called from the main thread before the round that overlaps round r's
+    preparation is dispatched, so the device runs it first (a call queued
+    behind that round would serialize the prefetch); one call per 64 rounds
+    (fewer for populations over 65,536 clients) instead of one per round saves
+    ~0.5 ms of host time a round.
+    """
+    if r not in self._ids_table:
+      # At most ~4M random scores per call: a million clients get 4 rounds at a time.
+      ahead = max(1, min(IDS_AHEAD, 2**22 // self.store.num_clients))
+      rounds = np.arange(r, r + ahead, dtype=np.int32)
+      table = np.asarray(fetch(self._ids_block(self._seed_key, rounds)))
+      self._ids_table = dict(zip(rounds.tolist(), table))
+    return self._ids_table[r]
+
+  def _prepare(self, r: int, ids: np.ndarray | None = None):
     """Round r's ids, bucket and device arrays (runs in the prefetch thread)."""
-    ids = np.asarray(fetch(self._ids(self._seed_key, r, self.store.num_clients,
-                                              self.algorithm.clients_per_round)))
+    ids = self._round_ids(r) if ids is None else ids
     bucket = self.store.bucket(ids)
     padded = np.concatenate([ids, np.zeros((self.slots - len(ids),), ids.dtype)])
     feats = self.store.population.gather(padded, bucket)
@@ -144,7 +165,8 @@ class HostRounds:
     t = time.perf_counter()
     ids, bucket, data = future.result()
     self.data_wait_s = time.perf_counter() - t
-    self._next = (r + 1, self._pool.submit(self._prepare, r + 1))  # overlaps round r
+    # Round r+1's cohort is prepared while round r runs.
+    self._next = (r + 1, self._pool.submit(self._prepare, r + 1, self._round_ids(r + 1)))
     return Cohort(ids=jnp.asarray(ids, jnp.int32), data=data, rows=self._rows_for(ids),
                   num_clients=self.store.num_clients, gathered=True), bucket
 
@@ -160,6 +182,8 @@ class HostRounds:
     """Follows `state` (its seed and round): a resumed or replaced state restarts prefetch."""
     r = int(fetch(state.round))
     if r != self._round or self._seed_key is not state.seed_key:
+      if self._seed_key is not state.seed_key:
+        self._ids_table = {}
       self._seed_key, self._round, self._next = state.seed_key, r, None
 
   def _executable(self, state, cohort: Cohort, bucket: int):
@@ -185,6 +209,7 @@ class HostRounds:
     if self._round is None:
       self._sync(state)
     cohort, bucket = self._cohort(self._round)
+    self.last_bucket = bucket
     state, out = self._executable(state, cohort, bucket)(state, cohort)
     if self.stateful and bool(out.metrics.finite):  # a refused round writes no row
       new_rows = fetch(out.rows)

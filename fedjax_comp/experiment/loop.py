@@ -50,6 +50,7 @@ class History:
   total_uplink_bits: int = 0
   total_downlink_bits: int = 0
   sim_time_s: float | None = None
+  data_wait_s: float = 0.0  # total wait of the rounds for their cohorts (host store)
   # With run_rounds(keep_cohorts=True): each round's (client ids, local steps), e.g. to clock
   # the same run under other networks afterwards (`clock.RoundClock.round_seconds`).
   cohorts: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
@@ -166,7 +167,8 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
                "downlink_bits_per_client_round": down_bits,
                "total_uplink_bytes": history.total_uplink_bits / 8,
                "total_downlink_bytes": history.total_downlink_bits / 8,
-               "sim_time_s": history.sim_time_s}
+               "sim_time_s": history.sim_time_s,
+               "data_wait_s_per_round": history.data_wait_s / max(len(history.records), 1)}
     if result_metrics:
       metrics.update(result_metrics(history))
     if history.error:
@@ -195,6 +197,10 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
                 "round_uplink_bytes": up_bits * senders / 8,
                 "total_uplink_bytes": history.total_uplink_bits / 8,
                 "total_downlink_bytes": history.total_downlink_bits / 8}
+      wait = getattr(rounds, "data_wait_s", None)  # a host store's wait for the cohort
+      if wait is not None:
+        record["data_wait_s"] = wait
+        history.data_wait_s += wait
       if clock is not None:
         sim_round_s, history.sim_time_s = clock.add_round(
             out.client_ids, out.client_steps, up_bits=up_bits, down_bits=down_bits)
