@@ -112,7 +112,8 @@ def classifier(module: nn.Module, *, name: str, input_shape: tuple[int, ...],
 # clients on one H200 (docs/measurements/device_bench_h200_2026-11-29.json),
 # where wide chunks fill the device (logistic and mlp were fastest with the
 # whole round in one vmap). A chunk larger than a device's share of a round
-# is cut to it. cifar_cnn's GPU chunk is not measured yet.
+# is cut to it. cifar_cnn's GPU chunk is not measured yet: 64 is a placeholder
+# until scripts/device_bench.sh sweeps it (pass --client_chunk meanwhile).
 def logistic(input_shape, num_classes) -> Model:
   return classifier(MLP(hidden=(), num_classes=num_classes), name="logistic",
                     input_shape=input_shape, num_classes=num_classes, cpu_chunk=64,
