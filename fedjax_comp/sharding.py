@@ -14,11 +14,13 @@ the same program. Before anything else touches JAX::
 
 (or the cluster's environment: SLURM, Kubernetes, Cloud TPU, which
 `initialize` reads by itself). `clients_mesh()` then spans every process's
-devices. Each process loads the same seeded population (a client store's
-data is replicated; with the host store each process gathers the cohort
-from its own copy, or from its own memory-mapped files), and `replicate`
-builds global arrays from the value every process holds. Results come back
-with `fetch`. tests/test_multihost.py runs two processes on localhost.
+devices. Each process opens the same seeded population (the same files,
+or the same lazy generator); the device store replicates it, while the host
+store has each process gather only the cohort slots of its own devices
+(every host reads its own share of the store). `replicate` builds global
+arrays from the value every process holds, and results come back with
+`fetch`. tests/test_multihost.py runs two processes on localhost, from
+either store.
 
 XLA:CPU pacing: with several CPU devices, more than about 32 executions of
 a program with collectives queued at once deadlock XLA:CPU's runtime

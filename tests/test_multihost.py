@@ -56,7 +56,7 @@ def test_rounds_back_to_back_on_a_cpu_mesh_do_not_deadlock(devices):
 WORKER = textwrap.dedent("""
     import sys
     import jax, numpy as np, optax
-    pid, port, path = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    pid, port, path, store = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     jax.config.update("jax_num_cpu_devices", 1)
     if pid >= 0:
       jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2,
@@ -69,7 +69,12 @@ WORKER = textwrap.dedent("""
                      fc.LocalSchedule(batch_size=10), clients_per_round=10, client_chunk=2,
                      mesh=mesh, reproducible=True)
     state = fc.replicate(alg.init(0), mesh)
-    rounds = fc.DeviceStore(data.clients, mesh=mesh).bind(alg, state.params)
+    if store == "device":
+      rounds = fc.DeviceStore(data.clients, mesh=mesh).bind(alg, state.params)
+    else:  # each process gathers the slots of its own device
+      from fedjax_comp.data.host_store import HostStore
+      rounds = HostStore(data.ragged(), mesh=mesh, min_bucket=10, say=None).bind(
+          alg, state.params)
     for _ in range(5):
       state, out = rounds.step(state)
     params = fc.sharding.fetch(state.params)
@@ -87,15 +92,17 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_equal_one_process_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("store", ["device", "host"])
+def test_two_processes_equal_one_process_bit_for_bit(tmp_path, store):
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   env.pop("XLA_FLAGS", None)
   port = _free_port()
   procs = [subprocess.Popen([sys.executable, "-c", WORKER, str(i), str(port),
-                             str(tmp_path / f"p{i}.npz")], env=env, cwd=ROOT,
+                             str(tmp_path / f"p{i}.npz"), store], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
            for i in (0, 1)]
-  single = subprocess.run([sys.executable, "-c", WORKER, "-1", "0", str(tmp_path / "one.npz")],
+  single = subprocess.run([sys.executable, "-c", WORKER, "-1", "0", str(tmp_path / "one.npz"),
+                           "device"],
                           env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
   outs = []
   for p in procs:

@@ -38,7 +38,6 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
@@ -49,7 +48,7 @@ from fedjax_comp.algorithms.base import Cohort, FederatedAlgorithm, RoundOutput
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.data.ragged import RaggedClients  # noqa: F401  (re-exported)
 from fedjax_comp.data.stores import check_row_table
-from fedjax_comp.sharding import CLIENTS_AXIS, fetch, paced
+from fedjax_comp.sharding import CLIENTS_AXIS, fetch, paced, replicate
 
 IDS_AHEAD = 64  # rounds whose client ids are computed in one call (at most)
 
@@ -127,7 +126,32 @@ class HostRounds:
     self._seed_key = None
 
   def _put(self, tree):
-    return jax.device_put(tree, self._spread) if self._spread else jax.device_put(tree)
+    if self._spread is None:
+      return jax.device_put(tree)
+    if self._spread.is_fully_addressable:
+      return jax.device_put(tree, self._spread)
+    # A mesh over several processes: each builds its own devices' shards.
+    return jax.tree.map(lambda a: jax.make_array_from_callback(
+        a.shape, self._spread, lambda idx, a=a: a[idx]), tree)
+
+  def _put_features(self, padded: np.ndarray, bucket: int):
+    """The cohort's features on the device(s). Over several processes each gathers only the
+    slots of its own devices: every host reads its own share of the store."""
+    if self._spread is None or self._spread.is_fully_addressable:
+      return self._put(self.store.population.gather(padded, bucket))
+    probe = self.store.population.gather(padded[:1], bucket)
+    shards = {}
+
+    def shard(index, name):
+      rows = index[0]
+      key = (rows.start, rows.stop)
+      if key not in shards:
+        shards[key] = self.store.population.gather(padded[rows], bucket)
+      return shards[key][name][(slice(None),) + tuple(index[1:])]
+
+    return {name: jax.make_array_from_callback((len(padded), *a.shape[1:]), self._spread,
+                                               lambda idx, name=name: shard(idx, name))
+            for name, a in probe.items()}
 
   def _round_ids(self, r: int) -> np.ndarray:
     """Round r's ids, from a table of the next rounds' computed in one call.
@@ -151,10 +175,10 @@ class HostRounds:
     ids = self._round_ids(r) if ids is None else ids
     bucket = self.store.bucket(ids)
     padded = np.concatenate([ids, np.zeros((self.slots - len(ids),), ids.dtype)])
-    feats = self.store.population.gather(padded, bucket)
     counts = np.minimum(self.store.sizes[padded], bucket).astype(np.int32)
     counts[len(ids):] = 0
-    return ids, bucket, self._put(ClientArrays(features=feats, num_examples=counts))
+    return ids, bucket, ClientArrays(features=self._put_features(padded, bucket),
+                                     num_examples=self._put(counts))
 
   def _cohort(self, r: int) -> tuple[Cohort, int]:
     """Round r's cohort: its prefetched data (or prepared now) and its rows as of now."""
@@ -167,8 +191,9 @@ class HostRounds:
     self.data_wait_s = time.perf_counter() - t
     # Round r+1's cohort is prepared while round r runs.
     self._next = (r + 1, self._pool.submit(self._prepare, r + 1, self._round_ids(r + 1)))
-    return Cohort(ids=jnp.asarray(ids, jnp.int32), data=data, rows=self._rows_for(ids),
-                  num_clients=self.store.num_clients, gathered=True), bucket
+    return Cohort(ids=replicate(np.asarray(ids, np.int32), self.store.mesh), data=data,
+                  rows=self._rows_for(ids), num_clients=self.store.num_clients,
+                  gathered=True), bucket
 
   def _rows_for(self, ids):
     """The stored rows of `ids` (the initial row for a client never sampled), padded, on device."""
@@ -199,8 +224,9 @@ class HostRounds:
     future = self._pool.submit(self._prepare, self._round)
     ids, bucket, data = future.result()
     self._next = (self._round, future)  # the first step takes it
-    cohort = Cohort(ids=jnp.asarray(ids, jnp.int32), data=data, rows=self._rows_for(ids),
-                    num_clients=self.store.num_clients, gathered=True)
+    cohort = Cohort(ids=replicate(np.asarray(ids, np.int32), self.store.mesh), data=data,
+                    rows=self._rows_for(ids), num_clients=self.store.num_clients,
+                    gathered=True)
     self._executable(state, cohort, bucket)
     return self.step
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import numpy as np
 
 from fedjax_comp import algorithms, codecs, evaluation, models, sharding
 from fedjax_comp.client_update import LocalSchedule
@@ -98,7 +99,14 @@ def load_data(cfg: FederatedConfig):
       synthetic_beta=d.synthetic_beta)
 
 
-def _store(cfg, data, algorithm, params, mesh):
+def _raw_sizes(data):
+  """Examples per client before the cap."""
+  if hasattr(data, "client_indices"):
+    return np.array([len(ix) for ix in data.client_indices], np.int64)
+  return data.population.sizes()
+
+
+def _store(cfg, data, algorithm, params, mesh, say=None):
   kind, d = cfg.data.client_store, cfg.data
   budget = memory_budget(mesh if mesh is not None and mesh.size > 1 else None)
   need = data.padded_bytes() + tree_bytes(row_stack_shapes(algorithm, params, data.num_clients))
@@ -111,6 +119,11 @@ def _store(cfg, data, algorithm, params, mesh):
   else:
     reason = f"--client_store={kind}; padded population and rows {need_gib}"
   if kind == "device":
+    over = int((data.sizes() < _raw_sizes(data)).sum())
+    if over and say:
+      say(f"device store: {over} of {data.num_clients} clients hold more than "
+          f"max_examples={d.max_examples} examples; each keeps its first {d.max_examples} "
+          "(in partition order)")
     if need > budget:
       raise ValueError(
           f"--client_store=device: the padded population and its per-client rows need "
@@ -119,7 +132,7 @@ def _store(cfg, data, algorithm, params, mesh):
     return DeviceStore(data.clients, mesh=mesh, memory_budget_bytes=budget).bind(
         algorithm, params), "device", reason
   host = HostStore(data.ragged(), mesh=mesh, max_examples=d.max_examples,
-                   min_bucket=cfg.train.batch_size or 1)
+                   min_bucket=cfg.train.batch_size or 1, say=say)
   return host.bind(algorithm, params), "host", reason
 
 
@@ -148,7 +161,7 @@ def setup(cfg: FederatedConfig, *, say: Callable[[str], None] | None = print) ->
       clients_per_round=t.clients_per_round, codec=codec, client_chunk=t.client_chunk,
       mesh=mesh, reproducible=t.reproducible, **t.hparams())
   state = sharding.replicate(algorithm.init(t.seed), mesh)  # on the mesh: no per-call reshard
-  rounds, store, reason = _store(cfg, data, algorithm, sharding.fetch(state.params), mesh)
+  rounds, store, reason = _store(cfg, data, algorithm, sharding.fetch(state.params), mesh, say)
   batches = evaluation.batch_for_eval(data.test)
   net = cfg.network.model()
   clock = clock_lib.RoundClock(net, data.num_clients, t.seed) if net is not None else None
