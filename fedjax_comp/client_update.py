@@ -47,6 +47,12 @@ from fedjax_comp.models import Params
 LossFn = Callable[[Params, dict, jax.Array], jax.Array]  # model.train_loss
 
 
+# Epochs of more batches than this loop as long as the client needs (a
+# `lax.while_loop`) instead of the padded length (a `lax.scan`, unrolled):
+# the scan is faster per step, the loop skips the padding of large buckets.
+DYNAMIC_BATCHES = 16
+
+
 class ClientMetrics(NamedTuple):
   train_loss: jax.Array  # mean minibatch loss over the client's active steps
   num_steps: jax.Array  # local steps actually taken (int32)
@@ -173,8 +179,18 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       def epoch(carry, e, order, first):
         def body(carry, b):
           idx, valid = batch_of(order, b, n, batch)
-          return train_step(carry, idx, valid, (b < steps_per_epoch) & (n > 0)), None
-        return lax.scan(body, carry, jnp.arange(first, spe_max), unroll=2)[0]
+          return train_step(carry, idx, valid, (b < steps_per_epoch) & (n > 0))
+
+        if spe_max <= DYNAMIC_BATCHES:
+          return lax.scan(lambda c, b: (body(c, b), None), carry,
+                          jnp.arange(first, spe_max), unroll=2)[0]
+        # Many batches (a large client in the cohort): loop only as long as
+        # this client has batches left. Under the round's vmap the loop runs
+        # as long as the chunk's largest client needs, not the padded length
+        # (the engine groups clients of similar sizes into chunks).
+        return lax.while_loop(lambda bc: bc[0] < jnp.maximum(steps_per_epoch, first),
+                              lambda bc: (bc[0] + 1, body(bc[1], bc[0])),
+                              (jnp.int32(first), carry))[1]
 
       order = padded_order(data_key, 0, n, max_n, batch)
       carry = train_step(init, *batch_of(order, 0, n, batch), n > 0)

@@ -210,3 +210,28 @@ def test_round_compiles_once():
   for _ in range(4):
     state, _ = bound.step(state)
   assert int(state.round) == 4
+
+
+def test_large_buckets_loop_only_over_a_clients_own_batches():
+  """A client with 30 examples trains the same, bit for bit, padded to 15 or 100 batches
+  (the scan path and the dynamic-loop path), next to a larger client in its chunk."""
+  tight = helpers.random_clients([30, 34], max_examples=34, seed=3)
+  padded = tight.replace(features={
+      "x": np.concatenate([tight.features["x"], np.zeros((2, 166, 6), np.float32)], axis=1),
+      "y": np.concatenate([tight.features["y"], np.zeros((2, 166), np.int32)], axis=1)})
+  model = helpers.mlp()
+  update = jax.jit(jax.vmap(helpers.client_update(model, batch_size=2, epochs=2),
+                            in_axes=(None, 0, None)))
+  params = model.init(jax.random.key(5))
+  d1, m1 = update(params, tight, jax.random.key(9))  # 17 batches: dynamic loop
+  d2, m2 = update(params, padded, jax.random.key(9))  # 100 batches: dynamic loop
+  single = helpers.client_update(model, batch_size=2, epochs=2)
+  first = fc.ClientArrays(features={k: v[0, :30] for k, v in tight.features.items()},
+                          num_examples=tight.num_examples[0])
+  d3, m3 = jax.jit(single)(params, first, jax.random.key(9))  # 15 batches: the scan
+  chex.assert_trees_all_close(d1, d2, atol=0, rtol=0)
+  # Unbatched, the same steps (a vmapped matmul of another width rounds differently).
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], d1), d3, atol=1e-6)
+  np.testing.assert_array_equal(m1.num_steps, [30, 34])
+  assert int(m3.num_steps) == 30
+  np.testing.assert_allclose(m3.train_loss, m1.train_loss[0], rtol=1e-6)

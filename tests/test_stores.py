@@ -123,3 +123,22 @@ def test_rows_of_another_shape_are_refused():
   bad = {"ids": mlp_table["ids"], "rows": jax.tree.map(lambda r: r[:, :1], mlp_table["rows"])}
   with pytest.raises(ValueError, match=r"state rows: an array of shape \(3, 1"):
     fc.DeviceStore(data).bind(alg, params).set_rows(bad)
+
+
+def test_host_store_follows_a_state_it_did_not_return():
+  """Running from another state (a restart, a checkpoint) samples that state's round."""
+  data = helpers.random_clients([5, 7, 3, 8, 6, 2], max_examples=8)
+  alg = helpers.fed_avg(helpers.mlp(), clients_per_round=3, batch_size=4)
+  state0 = alg.init(0)
+  bound = HostStore(RaggedClients.from_client_arrays(data), min_bucket=4, say=None).bind(
+      alg, state0.params)
+  step = bound.compile(state0)
+  outs = []
+  for _ in range(2):  # the same two rounds twice, from the initial state
+    state = state0
+    for _ in range(2):
+      state, out = step(state)
+      outs.append(np.asarray(out.client_ids))
+  np.testing.assert_array_equal(outs[0], outs[2])
+  np.testing.assert_array_equal(outs[1], outs[3])
+  np.testing.assert_array_equal(outs[1], fc.sampling.round_ids(state0.seed_key, 1, 6, 3))

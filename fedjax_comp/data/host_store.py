@@ -124,6 +124,7 @@ class HostRounds:
     self.last_bucket = None  # the last round's padded size
     self._round: int | None = None
     self._seed_key = None
+    self._last_round = None  # the round counter of the state the last step returned
 
   def _put(self, tree):
     if self._spread is None:
@@ -232,11 +233,12 @@ class HostRounds:
 
   def step(self, state) -> tuple[Any, RoundOutput]:
     """Runs the round `state` is at (its cohort prefetched during the previous round)."""
-    if self._round is None:
+    if state.round is not self._last_round:  # not the state the last step returned
       self._sync(state)
     cohort, bucket = self._cohort(self._round)
     self.last_bucket = bucket
     state, out = self._executable(state, cohort, bucket)(state, cohort)
+    self._last_round = state.round
     if self.stateful and bool(out.metrics.finite):  # a refused round writes no row
       new_rows = fetch(out.rows)
       for j, i in enumerate(np.asarray(cohort.ids)):
