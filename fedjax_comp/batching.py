@@ -74,8 +74,9 @@ def minibatch(data_key: jax.Array, step: jax.Array, num_examples: jax.Array,
   Epoch e = step // ceil(n / batch) visits the client's n examples in the
   order ``epoch_order(fold_in(data_key, e))``, `batch` at a time; the last
   batch of an epoch may be short, and its missing positions point at a
-  padding slot with mask False. `fedjax_comp.distributed` uses the same
-  order, but keeps it between steps instead of sorting again.
+  padding slot with mask False. The client update in epochs mode and the
+  worker algorithms (`algorithms.workers.Batcher`) walk the same order, but
+  draw each epoch's order once instead of at every step.
 
   Returns:
     ``(idx, valid)``: int32 ``[batch]`` example slots, bool ``[batch]``.

@@ -16,7 +16,7 @@ from ``stream(client_key(round_key(seed, 0), w), DATA_ORDER)``, and the
 codec key of its m-th upload from ``stream(client_key(round_key(seed, m), w),
 CODEC)``, so the server can rebuild every key.
 
-Simulated time lives in `fedjax_comp.network` (`periodic_times`).
+Simulated time lives in `fedjax_comp.experiment.clock` (`periodic_times`).
 """
 
 from __future__ import annotations
