@@ -24,17 +24,26 @@ class CodecList:
   def __post_init__(self):
     self.specs()
 
-  def specs(self) -> list[str]:
-    """The specs, each checked to parse; ValueError naming ``--codecs`` otherwise."""
-    specs = [s.strip() for s in self.codecs.split(";") if s.strip()]
-    if not specs:
-      raise ValueError("--codecs: give at least one codec spec ('none' for float32)")
-    for spec in specs:
-      try:
-        codecs.parse(spec)
-      except ValueError as e:
-        raise ValueError(f"--codecs: {e}") from e
-    return specs
+  def specs(self, check=None) -> list[str]:
+    """The specs, each passed to `check` (default: parsed); ValueError naming ``--codecs``."""
+    return check_specs([s.strip() for s in self.codecs.split(";") if s.strip()],
+                       check or _parse_codec)
+
+
+def _parse_codec(spec: str):
+  return codecs.parse(spec)
+
+
+def check_specs(specs: list[str], check=_parse_codec) -> list[str]:
+  """`specs` if non-empty and each passes ``check(spec)``; ValueError naming --codecs."""
+  if not specs:
+    raise ValueError("--codecs: give at least one codec spec ('none' for float32)")
+  for spec in specs:
+    try:
+      check(spec)
+    except ValueError as e:
+      raise ValueError(f"--codecs: {e}") from e
+  return specs
 
 
 def parse_int_list(text: str, flag: str, *, low: int) -> list[int]:

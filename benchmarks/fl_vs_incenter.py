@@ -90,17 +90,6 @@ INCENTER = _flags.define(IncenterConfig)
 CODECS = _flags.define(_parse.CodecList)
 
 
-def check_codecs(specs: list[str]) -> None:
-  """ValueError naming --codecs unless every spec is a sketch both sides can use."""
-  if not specs:
-    raise ValueError("--codecs: give at least one codec spec ('none' for float32)")
-  for spec in specs:
-    try:
-      _workers.check_codec(spec)
-    except ValueError as e:
-      raise ValueError(f"--codecs: {e}") from e
-
-
 def run_fedavg(cfg: configs.FederatedConfig, output_dir: str):
   """FedAvg through the library loop, keeping each round's cohort to clock it afterwards."""
   cfg = dataclasses.replace(cfg, network=configs.NetworkConfig(
@@ -137,7 +126,7 @@ def matching_steps(exp, history: loop.History, inc: IncenterConfig) -> tuple[int
 def run(cfg: configs.FederatedConfig, inc: IncenterConfig, specs: list[str], output_dir: str,
         *, say=print) -> dict:
   """FedAvg, local SGD and sync SGD with each codec of `specs`, clocked under every preset."""
-  check_codecs(specs)
+  _parse.check_specs(specs, _workers.check_codec)  # sketches only: the workers use them too
   say = say or (lambda _: None)
   out = pathlib.Path(output_dir)
   nets = {p: clock.preset(p, **cfg.network.overrides()) for p in inc.preset_list()}
@@ -289,8 +278,7 @@ def main() -> int:
                           "checkpoint to resume from")
   cfg = configs.FederatedConfig(data=DATA.config(), train=TRAIN.config(), run=RUN.config(),
                                 network=NETWORK.config())
-  inc, specs = INCENTER.config(), CODECS.config().specs()
-  check_codecs(specs)
+  inc, specs = INCENTER.config(), CODECS.config().specs(_workers.check_codec)
   if _flags.RESUME.value:
     raise ValueError("--resume: fl_vs_incenter keeps no checkpoint of its own; use --overwrite")
   out = _flags.check_output_dir(_flags.OUTPUT_DIR.value or "results/fl_vs_incenter",

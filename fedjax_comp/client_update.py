@@ -117,12 +117,8 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     batch = max_n if batch_size is None else min(batch_size, max_n)
     n = client.num_examples
     steps_per_epoch = jnp.maximum((n + batch - 1) // batch, 1)  # this client's
-    if local_steps is None:
-      total_steps = None  # epochs: E x ceil(max_n / batch) steps, one epoch order each
-      active_steps = jnp.where(n > 0, epochs * steps_per_epoch, 0)
-    else:
-      total_steps = local_steps
-      active_steps = jnp.where(n > 0, local_steps, 0)
+    active_steps = jnp.where(n > 0, epochs * steps_per_epoch if local_steps is None
+                             else local_steps, 0)
     data_key = keys.stream(key, keys.Stream.DATA_ORDER)
     if structure is None:
       trainable, model_params = params, lambda z: z
@@ -204,7 +200,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
         return train_step(carry, idx, valid, s < active_steps), None
 
       carry, _ = step(init, 0)
-      carry, _ = lax.scan(step, carry, jnp.arange(1, total_steps), unroll=2)
+      carry, _ = lax.scan(step, carry, jnp.arange(1, local_steps), unroll=2)
     new_params, _, loss_sum = carry
     if structure is None:
       delta = jax.tree.map(jnp.subtract, new_params, params)

@@ -47,7 +47,7 @@ from fedjax_comp.algorithms import engine
 from fedjax_comp.algorithms.base import Cohort, FederatedAlgorithm, RoundOutput
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.data.ragged import RaggedClients  # noqa: F401  (re-exported)
-from fedjax_comp.data.stores import check_row_table
+from fedjax_comp.data.stores import RowTable, check_clients_per_round, check_row_table
 from fedjax_comp.sharding import CLIENTS_AXIS, fetch, paced, replicate
 
 IDS_AHEAD = 64  # rounds whose client ids are computed in one call (at most)
@@ -104,11 +104,10 @@ class HostRounds:
   def __init__(self, store: HostStore, algorithm: FederatedAlgorithm, params):
     self.store, self.algorithm = store, algorithm
     n, m = store.num_clients, algorithm.clients_per_round
-    if not 1 <= m <= n:
-      raise ValueError(f"clients_per_round must be in [1, num_clients={n}], got {m}")
+    check_clients_per_round(n, m)
     self.init_row = fetch(algorithm.init_row(params))
     self.stateful = bool(jax.tree.leaves(self.init_row))
-    self.rows: dict[int, Any] = {}  # rows of the clients sampled so far
+    self.rows = RowTable(self.init_row)  # the rows of the clients sampled so far
     ndev = 1 if store.mesh is None else store.mesh.shape[CLIENTS_AXIS]
     _, self.slots = engine.layout(m, algorithm.client_chunk, ndev, algorithm.reproducible)
     self._spread = (NamedSharding(store.mesh, P(CLIENTS_AXIS)) if store.mesh is not None
@@ -200,9 +199,7 @@ class HostRounds:
     """The stored rows of `ids` (the initial row for a client never sampled), padded, on device."""
     if not self.stateful:
       return ()
-    rows = [self.rows.get(int(i), self.init_row) for i in ids]
-    rows += [self.init_row] * (self.slots - len(ids))
-    return self._put(jax.tree.map(lambda *xs: np.stack(xs), *rows))
+    return self._put(self.rows.gather(ids, self.slots))
 
   def _sync(self, state) -> None:
     """Follows `state` (its seed and round): a resumed or replaced state restarts prefetch."""
@@ -240,18 +237,13 @@ class HostRounds:
     state, out = self._executable(state, cohort, bucket)(state, cohort)
     self._last_round = state.round
     if self.stateful and bool(out.metrics.finite):  # a refused round writes no row
-      new_rows = fetch(out.rows)
-      for j, i in enumerate(np.asarray(cohort.ids)):
-        self.rows[int(i)] = jax.tree.map(lambda a, j=j: a[j], new_rows)
+      self.rows.scatter(np.asarray(fetch(cohort.ids)), fetch(out.rows))
     self._round += 1
     return state, out._replace(rows=())
 
   def get_rows(self):
     """``{"ids", "rows"}``: the clients with a stored row (sorted) and their rows."""
-    ids = np.array(sorted(self.rows), np.int64)
-    rows = (jax.tree.map(lambda *xs: np.stack(xs), *[self.rows[int(i)] for i in ids])
-            if len(ids) and self.stateful else self.rows_template(0)["rows"])
-    return {"ids": ids, "rows": rows}
+    return self.rows.table()
 
   def rows_template(self, count: int):
     """A `get_rows`-shaped table of `count` rows (what a checkpoint holds)."""
@@ -263,5 +255,4 @@ class HostRounds:
     """Replaces the stored rows with ``table`` (from `get_rows`, a checkpoint, a device store)."""
     if self.stateful:
       check_row_table(table, self.init_row)
-    self.rows = {int(i): jax.tree.map(lambda a, j=j: np.asarray(a[j]), table["rows"])
-                 for j, i in enumerate(np.asarray(table["ids"]))} if self.stateful else {}
+      self.rows.load(table)

@@ -21,7 +21,7 @@ Both give bit-identical rounds for the same seed (tests/test_stores.py).
 from __future__ import annotations
 
 import os
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -65,6 +65,74 @@ def row_stack_shapes(algorithm: FederatedAlgorithm, params, num_rows: int):
   """Abstract ``[num_rows, ...]`` rows of `algorithm` for a model like `params`."""
   row = jax.eval_shape(algorithm.init_row, params)
   return jax.tree.map(lambda r: jax.ShapeDtypeStruct((num_rows, *r.shape), r.dtype), row)
+
+
+def check_clients_per_round(num_clients: int, clients_per_round: int) -> None:
+  if not 1 <= clients_per_round <= num_clients:
+    raise ValueError(f"clients_per_round must be in [1, num_clients={num_clients}], "
+                     f"got {clients_per_round}")
+
+
+class RowTable:
+  """The rows of the clients sampled so far, in host memory: one growable array per leaf
+  and an id -> position index, so a cohort's rows are read and written with one
+  fancy-indexing operation per leaf (no per-client Python work beyond the index lookup).
+  A client without a stored row reads `init_row`.
+  """
+
+  def __init__(self, init_row):
+    self.init_row = jax.tree.map(np.asarray, init_row)
+    self._index: dict[int, int] = {}
+    self._data = jax.tree.map(lambda r: np.zeros((0, *r.shape), r.dtype), self.init_row)
+
+  def __len__(self) -> int:
+    return len(self._index)
+
+  def _positions(self, ids) -> np.ndarray:
+    return np.fromiter((self._index.get(int(i), -1) for i in ids), np.int64, len(ids))
+
+  def gather(self, ids, count: int):
+    """Rows of `ids`, padded with `init_row` to `count` rows."""
+    pos = self._positions(ids)
+    known = np.nonzero(pos >= 0)[0]
+
+    def leaf(init, data):
+      out = np.broadcast_to(init, (count, *init.shape)).copy()
+      out[known] = data[pos[known]]
+      return out
+
+    return jax.tree.map(leaf, self.init_row, self._data)
+
+  def scatter(self, ids, rows) -> None:
+    """Stores ``rows[j]`` as client ``ids[j]``'s row."""
+    for i in ids:
+      self._index.setdefault(int(i), len(self._index))
+    need = len(self._index)
+    capacity = jax.tree.leaves(self._data)[0].shape[0] if jax.tree.leaves(self._data) else 0
+    if need > capacity:  # grow by doubling
+      grow = max(need, 2 * capacity) - capacity
+      self._data = jax.tree.map(
+          lambda d: np.concatenate([d, np.zeros((grow, *d.shape[1:]), d.dtype)]), self._data)
+    pos = self._positions(ids)
+    self._data = jax.tree.map(lambda d, r: _set(d, pos, r), self._data, rows)
+
+  def table(self):
+    """``{"ids", "rows"}`` of the stored rows, in increasing id order."""
+    ids = np.array(sorted(self._index), np.int64)
+    pos = self._positions(ids)
+    return {"ids": ids, "rows": jax.tree.map(lambda d: d[pos], self._data)}
+
+  def load(self, table) -> None:
+    """Replaces every stored row with ``table``'s."""
+    self._index = {}
+    self._data = jax.tree.map(lambda r: np.zeros((0, *r.shape), r.dtype), self.init_row)
+    if len(table["ids"]):
+      self.scatter(np.asarray(table["ids"]), table["rows"])
+
+
+def _set(data, pos, rows):
+  data[pos] = np.asarray(rows)
+  return data
 
 
 def check_row_table(table, init_row) -> None:
@@ -126,8 +194,7 @@ class DeviceRounds:
   def __init__(self, store: DeviceStore, algorithm: FederatedAlgorithm, params):
     self.store, self.algorithm = store, algorithm
     n, m = store.num_clients, algorithm.clients_per_round
-    if not 1 <= m <= n:
-      raise ValueError(f"clients_per_round must be in [1, num_clients={n}], got {m}")
+    check_clients_per_round(n, m)
     row = algorithm.init_row(params)
     self.stateful = bool(jax.tree.leaves(row))
     self.rows = replicate(jax.tree.map(
@@ -187,10 +254,3 @@ class DeviceRounds:
     self.rows = replicate(jax.tree.map(lambda r, new: jnp.asarray(r).at[ids].set(new),
                                        fetch(self.rows), table["rows"]),
                           self.store.mesh)
-
-
-class StoreSpec(NamedTuple):
-  """What `make_store` chose and why (for logs)."""
-
-  kind: str
-  reason: str

@@ -23,6 +23,7 @@ import jax
 import numpy as np
 
 from fedjax_comp import algorithms, codecs, evaluation, models, sharding
+from fedjax_comp.algorithms import engine
 from fedjax_comp.client_update import LocalSchedule
 from fedjax_comp.data import federated, lazy
 from fedjax_comp.data.host_store import HostStore
@@ -51,7 +52,6 @@ class Experiment:
 
   def chunk_used(self) -> int:
     """The chunk the round runs with (a power of two with fixed-order sums)."""
-    from fedjax_comp.algorithms import engine  # pylint: disable=g-import-not-at-top
     ndev = 1 if self.mesh is None else self.mesh.size
     return engine.layout(self.algorithm.clients_per_round, self.algorithm.client_chunk, ndev,
                          self.algorithm.reproducible)[0]
