@@ -41,6 +41,7 @@ class Stream(enum.IntEnum):
   CODEC = 3  # client and server: a codec's shared randomness
   MODEL_INIT = 4  # server: initial model parameters
   DROPOUT = 5  # client: stochastic layers, if a model has any
+  DOWNLINK = 6  # server and clients: the downlink codec's shared randomness
 
 
 def seed_key(seed: int) -> jax.Array:

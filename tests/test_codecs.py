@@ -19,7 +19,7 @@ from fedjax_comp import codecs as C
 from fedjax_comp import kernels as K
 
 SPECS = [e for info in C.REGISTRY.values() for e in info.examples] + list(C.COMPOSITE_EXAMPLES)
-UNBIASED = [s for s in SPECS if all(C.REGISTRY[name].unbiased for name, _ in C.parse_stages(s))]
+UNBIASED = [s for s in SPECS if C.is_unbiased(s)]
 
 
 @functools.cache
@@ -213,7 +213,7 @@ def test_mask_update_is_zero_off_the_mask():
     ("low_rank(rank=0)", "rank must be an integer >= 1"),
     ("low_rank(rank=2,train=c)", "train must be one of a, b, both"),
     ("hadamard(block=48)", "block must be 0 or a power of two"),
-    ("quantise(bits=2)", "unknown codec 'quantise'.*valid codecs: hadamard, identity"),
+    ("quantise(bits=2)", "unknown codec 'quantise'.*valid codecs: drive, eden, ef, ef21, hadamard, identity"),
     ("quantize(bit=2)", "no parameter 'bit'; valid parameters: bits, stochastic"),
     ("quantize(2)", "parameters are param=value"),
     ("hadamard,,quantize", "empty stage"),
@@ -326,7 +326,7 @@ def _needs_a_scale(scale):
     (dict(name="2fast"), "name must be an identifier"),
     (dict(name="sign flip"), "name must be an identifier"),
     (dict(name=None), "name must be an identifier"),
-    (dict(name="quantize"), "name 'quantize' is already registered; registered codecs: hadamard"),
+    (dict(name="quantize"), "name 'quantize' is already registered; registered codecs: drive, eden, ef, ef21, hadamard"),
     (dict(name="none"), "name 'none' is reserved"),
     (dict(name="Identity"), "name 'Identity' is reserved"),
     (dict(factory="sign_flip"), "factory for 'toy' must be callable"),

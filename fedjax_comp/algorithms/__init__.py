@@ -25,6 +25,8 @@ from typing import Any
 
 import optax
 
+from fedjax_comp import codecs
+
 from fedjax_comp.algorithms import engine, reference, workers
 from fedjax_comp.algorithms.base import (ClientOutput, Cohort, CohortSums, FederatedAlgorithm,
                                          RoundMetrics, RoundOutput, ServerState, Weighted)
@@ -52,12 +54,23 @@ class AlgorithmInfo:
   examples: tuple[dict[str, Any], ...] = ({},)
 
 
+def _downlink(kw):
+  spec = kw.pop("downlink_codec", None)
+  if isinstance(spec, str):
+    try:
+      spec = codecs.parse(spec) if spec.strip().lower() not in ("", "none") else None
+    except ValueError as e:
+      raise ValueError(f"--downlink_codec: {e}") from e
+  return {**kw, "downlink_codec": spec}
+
+
 def _fedavg(model, *, client_lr, server_optimizer, schedule, **kw):
-  return fed_avg(model, optax.sgd(client_lr), server_optimizer, schedule, **kw)
+  return fed_avg(model, optax.sgd(client_lr), server_optimizer, schedule, **_downlink(kw))
 
 
 def _fedprox(model, *, client_lr, server_optimizer, schedule, mu, **kw):
-  return fed_prox(model, optax.sgd(client_lr), server_optimizer, schedule, mu=mu, **kw)
+  return fed_prox(model, optax.sgd(client_lr), server_optimizer, schedule, mu=mu,
+                  **_downlink(kw))
 
 
 def _scaffold(model, *, client_lr, server_optimizer, schedule, **kw):
@@ -79,8 +92,10 @@ def register(name: str, info: AlgorithmInfo) -> None:
   REGISTRY[name] = info
 
 
-register("fedavg", AlgorithmInfo(_fedavg))
-register("fedprox", AlgorithmInfo(_fedprox, hparams={"mu": 0.01}, examples=({"mu": 0.1},)))
+_DOWNLINK = {"downlink_codec": None, "downlink_feedback": True}
+register("fedavg", AlgorithmInfo(_fedavg, hparams=dict(_DOWNLINK)))
+register("fedprox", AlgorithmInfo(_fedprox, hparams={"mu": 0.01, **_DOWNLINK},
+                                  examples=({"mu": 0.1},)))
 register("scaffold", AlgorithmInfo(_scaffold))
 ALGORITHMS = tuple(REGISTRY)  # the built-in algorithms
 

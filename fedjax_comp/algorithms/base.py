@@ -45,6 +45,8 @@ class ServerState:
   opt_state: optax.OptState
   round: jax.Array  # int32: rounds completed so far
   seed_key: jax.Array  # typed root key; every round's randomness derives from it
+  aggregator: Any = ()  # the aggregation rule's server state (EF21's g; () for a mean)
+  downlink: Params | tuple = ()  # the model the clients hold, with a downlink codec
 
 
 @flax.struct.dataclass

@@ -60,23 +60,36 @@ References:
   Communication Efficiency", 2016 (arXiv:1610.05492).
 """
 
-from fedjax_comp.codecs.base import (Codec, CodecState, Payload, Structure, check_float,
-                                     identity, map_leaves, per_leaf, static_field)
+from fedjax_comp.codecs.aggregation import (Aggregator, majority_vote,
+                                            population_running_mean, weighted_mean)
+from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Structure, check_float,
+                                     flatten_update, identity, map_leaves, per_leaf,
+                                     static_field, unflatten_update)
 from fedjax_comp.codecs.bits import codec_input, dense_bits, payload_bits, uplink_bits
 from fedjax_comp.codecs.composition import chain
+from fedjax_comp.codecs.eden import RotatedCodes, drive, eden
+from fedjax_comp.codecs.feedback import ef, ef21
+from fedjax_comp.codecs.powersgd import Factors, powersgd
+from fedjax_comp.codecs.qsgd import QSGDLeaf, qsgd
 from fedjax_comp.codecs.quantization import Quantized, quantize
 from fedjax_comp.codecs.rotation import FlatRotated, Rotated, hadamard
-from fedjax_comp.codecs.spec import (COMPOSITE_EXAMPLES, REGISTRY, CodecInfo, parse,
+from fedjax_comp.codecs.sparsification import RandK, Sparse, index_coding, rand_k, top_k
+from fedjax_comp.codecs.spec import (COMPOSITE_EXAMPLES, REGISTRY, CodecInfo, is_unbiased, parse,
                                      parse_stages, register)
 from fedjax_comp.codecs.structured import (Frozen, LowRank, Masked, low_rank, mask_indices,
                                            random_mask)
 from fedjax_comp.codecs.subsampling import Subsampled, kept_count, subsample
+from fedjax_comp.codecs.ternary import Signs, Ternary, sign, terngrad
 
 __all__ = [
-    "COMPOSITE_EXAMPLES", "REGISTRY", "Codec", "CodecInfo", "CodecState", "FlatRotated",
-    "Frozen", "LowRank", "Masked", "Payload", "Quantized", "Rotated", "Structure",
-    "Subsampled", "chain", "check_float", "codec_input", "dense_bits", "hadamard", "identity",
-    "kept_count", "low_rank", "map_leaves", "mask_indices", "parse", "parse_stages",
-    "payload_bits", "per_leaf", "quantize", "random_mask", "register", "static_field",
-    "subsample", "uplink_bits",
+    "COMPOSITE_EXAMPLES", "REGISTRY", "Aggregator", "Codec", "CodecInfo", "CodecState",
+    "Factors", "FlatMeta", "FlatRotated", "Frozen", "LowRank", "Masked", "Payload", "QSGDLeaf",
+    "Quantized", "RandK", "Rotated", "RotatedCodes", "Signs", "Sparse", "Structure",
+    "Subsampled", "Ternary", "chain", "check_float", "codec_input", "dense_bits", "drive",
+    "eden", "ef", "ef21", "flatten_update", "hadamard", "identity", "index_coding",
+    "is_unbiased", "kept_count", "low_rank", "majority_vote", "map_leaves", "mask_indices",
+    "parse", "parse_stages", "payload_bits", "per_leaf", "population_running_mean",
+    "powersgd", "qsgd", "quantize", "rand_k", "random_mask", "register", "sign",
+    "static_field", "subsample", "terngrad", "top_k", "unflatten_update", "uplink_bits",
+    "weighted_mean",
 ]

@@ -14,6 +14,7 @@ such a codec from a leaf encoder and a leaf decoder, as optax's
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple, TypeVar
 
@@ -24,7 +25,7 @@ import jax.numpy as jnp
 from fedjax_comp.models import Params
 
 Payload = Any  # a pytree of arrays (flax structs with static metadata)
-CodecState = Any  # a pytree of arrays (empty for every codec here)
+CodecState = Any  # a pytree of arrays; () for a stateless codec
 LeafPayload = TypeVar("LeafPayload")  # one leaf's payload node (a flax struct)
 
 
@@ -54,6 +55,19 @@ class Codec(NamedTuple):
   encode: Callable[[jax.Array, Any, CodecState], tuple[Payload, CodecState]]
   decode: Callable[[jax.Array, Payload], Any]
   structure: Structure | None = None  # set by structured codecs (first stage)
+  # How the server combines the cohort's decoded updates; None is the
+  # example-weighted mean (`codecs.aggregation`). Only a chain's last stage
+  # may set it (a majority vote needs the signs themselves).
+  aggregator: Any = None
+  # True when `init` returns per-client arrays (a residual, a warm start):
+  # the algorithm keeps them as the client's row between rounds.
+  stateful: bool = False
+  # ``age(state, rounds_missed) -> state``: what a client's state becomes
+  # while it is not sampled (e.g. a residual decays); None keeps it as is.
+  age: Callable[[CodecState, jax.Array], CodecState] | None = None
+  # ``coded_bits(payload) -> int32``: the exact length of the payload under
+  # a variable-length code (QSGD's Elias coding), when the codec has one.
+  coded_bits: Callable[[Payload], jax.Array] | None = None
 
 
 def static_field(**kwargs):
@@ -132,3 +146,42 @@ def identity() -> Codec:
       encode=lambda key, x, state: (x, state),
       decode=lambda key, payload: payload,
   )
+
+
+@flax.struct.dataclass
+class FlatMeta:
+  """How a flattened update goes back into its tree: protocol, not payload (0 bits)."""
+
+  treedef: Any = static_field()
+  shapes: tuple = static_field()
+  dtypes: tuple = static_field()
+
+  @property
+  def size(self) -> int:
+    return sum(math.prod(s) for s in self.shapes)
+
+
+def flatten_update(x: Any, codec: str) -> tuple[jax.Array, FlatMeta]:
+  """The update's leaves as one float32 vector (ValueError naming `codec` for non-floats)."""
+  leaves, treedef = jax.tree.flatten(x)
+  for leaf in leaves:
+    check_float(leaf, codec)
+  vec = (jnp.concatenate([jnp.reshape(l, -1).astype(jnp.float32) for l in leaves])
+         if leaves else jnp.zeros((0,), jnp.float32))
+  return vec, FlatMeta(treedef=treedef, shapes=tuple(tuple(l.shape) for l in leaves),
+                       dtypes=tuple(jnp.dtype(l.dtype).name for l in leaves))
+
+
+def unflatten_update(vec: jax.Array, meta: FlatMeta) -> Any:
+  """Inverse of `flatten_update`: the vector's pieces in the leaves' shapes and dtypes."""
+  out, start = [], 0
+  for shape, dt in zip(meta.shapes, meta.dtypes):
+    n = math.prod(shape)
+    out.append(vec[start:start + n].reshape(shape).astype(jnp.dtype(dt)))
+    start += n
+  return jax.tree.unflatten(meta.treedef, out)
+
+
+def poison_unless_finite(values: jax.Array, x: jax.Array) -> jax.Array:
+  """`values`, or all NaN if `x` holds a NaN or Inf (so a non-finite update never decodes finite)."""
+  return jnp.where(jnp.all(jnp.isfinite(x)), values, jnp.nan).astype(values.dtype)

@@ -12,7 +12,9 @@ def chain(*codecs: Codec) -> Codec:
 
   Each stage sees the previous stage's payload as its input pytree. Stage i
   uses key ``fold_in(key, i)``. Only the first stage may be structured; the
-  chain's `structure` is that stage's, keyed the same way.
+  chain's `structure` is that stage's, keyed the same way. Only the last
+  stage may set an aggregation rule; the chain's is that stage's, as is its
+  `coded_bits` (the payload is the last stage's).
 
   Args:
     *codecs: the stages; none gives `identity`, one gives that codec itself.
@@ -30,6 +32,11 @@ def chain(*codecs: Codec) -> Codec:
     if c.structure is not None:
       raise ValueError(f"only the first codec stage may be structured (low_rank, random_mask); "
                        f"stage {i} is")
+  for i, c in enumerate(codecs[:-1]):
+    if c.aggregator is not None:
+      raise ValueError(f"codec stage {i} sets the server's aggregation rule "
+                       f"({c.aggregator.name}), so it must be the last stage: the rule needs "
+                       "its decoded values (e.g. a majority vote needs the signs themselves)")
   if len(codecs) == 1:
     return codecs[0]
   fold = jax.random.fold_in
@@ -59,4 +66,11 @@ def chain(*codecs: Codec) -> Codec:
     s0 = codecs[0].structure
     structure = Structure(init=lambda key, params: s0.init(fold(key, 0), params),
                           expand=lambda key, z: s0.expand(fold(key, 0), z))
-  return Codec(init=init, encode=encode, decode=decode, structure=structure)
+  age = None
+  if any(c.age is not None for c in codecs):
+    def age(state, missed):
+      return tuple(s if c.age is None else c.age(s, missed) for c, s in zip(codecs, state))
+
+  return Codec(init=init, encode=encode, decode=decode, structure=structure,
+               aggregator=codecs[-1].aggregator, stateful=any(c.stateful for c in codecs),
+               age=age, coded_bits=codecs[-1].coded_bits)

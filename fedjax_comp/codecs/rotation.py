@@ -15,14 +15,13 @@ References:
 from __future__ import annotations
 
 import math
-from typing import Any
-
 import flax.struct
 import jax
 import jax.numpy as jnp
 
 from fedjax_comp import kernels
-from fedjax_comp.codecs.base import Codec, check_float, per_leaf, static_field
+from fedjax_comp.codecs.base import (Codec, FlatMeta, flatten_update, per_leaf, static_field,
+                                     unflatten_update)
 
 
 @flax.struct.dataclass
@@ -35,9 +34,7 @@ class Rotated:
 @flax.struct.dataclass
 class FlatRotated:
   data: jax.Array  # float32 [rotated_length(total, block)]
-  treedef: Any = static_field()
-  shapes: tuple = static_field()
-  dtypes: tuple = static_field()
+  meta: FlatMeta  # the tree's structure, shapes and dtypes (static, 0 bits)
 
 
 def hadamard(flatten: bool = False, block: int = 0) -> Codec:
@@ -71,24 +68,11 @@ def hadamard(flatten: bool = False, block: int = 0) -> Codec:
     return x.astype(jnp.dtype(r.dtype)).reshape(r.shape)
 
   def encode_flat(key, x):
-    leaves, treedef = jax.tree.flatten(x)
-    for leaf in leaves:
-      check_float(leaf, "hadamard")
-    vec = jnp.concatenate([jnp.reshape(l, -1).astype(jnp.float32) for l in leaves]
-                          ) if leaves else jnp.zeros((0,), jnp.float32)
-    return FlatRotated(data=kernels.rotate(key, vec, blk), treedef=treedef,
-                       shapes=tuple(tuple(l.shape) for l in leaves),
-                       dtypes=tuple(jnp.dtype(l.dtype).name for l in leaves))
+    vec, meta = flatten_update(x, "hadamard")
+    return FlatRotated(data=kernels.rotate(key, vec, blk), meta=meta)
 
   def decode_flat(key, r):
-    total = sum(math.prod(s) for s in r.shapes)
-    vec = kernels.unrotate(key, r.data, total, blk)
-    out, start = [], 0
-    for shape, dt in zip(r.shapes, r.dtypes):
-      n = math.prod(shape)
-      out.append(vec[start:start + n].reshape(shape).astype(jnp.dtype(dt)))
-      start += n
-    return jax.tree.unflatten(r.treedef, out)
+    return unflatten_update(kernels.unrotate(key, r.data, r.meta.size, blk), r.meta)
 
   if flatten:
     return Codec(init=lambda x: (), encode=lambda key, x, state: (encode_flat(key, x), state),

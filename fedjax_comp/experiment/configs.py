@@ -105,6 +105,12 @@ class TrainConfig:
                                   "(--algorithm=fedprox; default 0.01).")
   codec: str = knob("none", "Uplink codec spec, e.g. 'hadamard,quantize(bits=2)' or "
                     "'low_rank(rank=4)'; 'none' sends float32.")
+  downlink_codec: str = knob("none", "Downlink codec spec: the server broadcasts a compressed "
+                             "model change and clients train from its decode, e.g. "
+                             "'hadamard,quantize(bits=4)'; 'none' broadcasts float32.")
+  downlink_feedback: bool = knob(True, "With --downlink_codec: compress the model's distance "
+                                 "from the clients' copy (EF21-P error feedback) instead of "
+                                 "the last round's change.")
   client_chunk: int | None = knob(None, "Clients per vmapped block, or 'auto' (the model's "
                                   "default for the backend).", words=("auto",))
   reproducible: bool = knob(True, "Sum client updates in a fixed order, so a seed gives the "
@@ -131,15 +137,22 @@ class TrainConfig:
         raise ValueError(f"--fedprox_mu applies to --algorithm=fedprox only (got "
                          f"--algorithm={self.algorithm})")
     _int("client_chunk", self.client_chunk, 1, none_ok=True)
+    if self.downlink_codec.strip().lower() not in ("", "none") and self.algorithm not in (
+        "fedavg", "fedprox"):
+      raise ValueError(f"--downlink_codec applies to --algorithm=fedavg or fedprox (got "
+                       f"--algorithm={self.algorithm})")
     if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not (
         0 <= self.seed < 2**32):
       _fail("seed", "an integer in [0, 2**32)", self.seed)
 
   def hparams(self) -> dict[str, Any]:
     """The algorithm's own knobs (`algorithms.build`'s keyword arguments)."""
+    out = {}
     if self.algorithm == "fedprox":
-      return {"mu": 0.01 if self.fedprox_mu is None else float(self.fedprox_mu)}
-    return {}
+      out["mu"] = 0.01 if self.fedprox_mu is None else float(self.fedprox_mu)
+    if self.downlink_codec.strip().lower() not in ("", "none"):
+      out.update(downlink_codec=self.downlink_codec, downlink_feedback=self.downlink_feedback)
+    return out
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,246 @@
+"""``drive`` and ``eden``: a random rotation, then each coordinate to b bits with one scale.
+
+Both flatten the client's whole update into one vector x of d coordinates,
+rotate it with the randomized Hadamard transform ``y = H D x`` (signs D from
+the client's own codec key, so every client's rotation is independent; zero
+padded to a power of two, or to a multiple of `block`), and send b bits per
+rotated coordinate and one float32 scale S::
+
+  z = y sqrt(n) / ||y||                  # about N(0, 1) per coordinate
+  q = c(z)                               # the nearest Lloyd-Max centroid of N(0, 1)
+  x_hat = D H (S q)                      # on the server, from the same key
+
+The scale decides the estimator (EDEN, section 3; TurboQuant):
+
+* ``unbiased``: ``S = ||y||^2 / <y, q>`` makes ``<x_hat, x> = ||x||^2``, which
+  with a uniform random rotation gives ``E[x_hat] = x`` (see the note on
+  the Hadamard rotation below); its vNMSE tends to
+  ``1/(1 - D_b) - 1`` with ``D_b`` the Lloyd-Max distortion of N(0, 1)
+  (b = 1: pi/2 - 1 = 0.571; b = 2: 0.133; b = 4: 0.0096).
+* ``mse``: ``S = <y, q> / ||q||^2``, the least-squares scale (biased,
+  vNMSE about ``D_b``).
+* ``one``: ``S = ||y|| / sqrt(n)``, the centroids as they are (TurboQuant,
+  arXiv 2504.19874; biased).
+
+DRIVE (1 bit, sign of y, ``S = ||x||^2 / ||y||_1``) is EDEN's unbiased b = 1
+case: the centroids are +-sqrt(2/pi) and the scale absorbs them.
+
+Fractional b < 1 (``eden(bits=0.5)``): a random fraction b of the rotated
+coordinates, one per stratum of about 1/b (`kernels.stratified_indices`,
+drawn from the key, so the indices are not sent), is quantized to 1 bit
+with the unbiased scale of the kept sub-vector, and each kept value is
+multiplied by its stratum size on decode, so ``E <x_hat, x> = ||x||^2``
+still holds.
+
+With ``block``, the update is rotated in independent blocks, and each
+block gets its own scale: one scale over blocks of unequal energy (the last
+block is mostly padding) would bias the estimate, which the conformance
+suite measured (a 10% shrinkage at block=64). For b < 1 the same kept
+positions are used in every block (each block's rotation is independent).
+
+Bits: ``32 * b * ceil(m / 32)`` packed codes for the m coordinates sent
+(m = the padded length, or the kept count for b < 1) plus 32 per block for
+its S. The padding is counted: choose `block` to bound it.
+
+The Hadamard rotation is not uniform, and the estimate is unbiased along x
+exactly (``<E x_hat, x> = ||x||^2``) but carries a small bias orthogonal to
+x that shrinks with the number of coordinates one rotation mixes. Measured
+for DRIVE on N(0, 4) vectors with 20,000 trials (noise floor 0.0053): the
+relative error of the mean was 0.0197 at d = 64, 0.0089 at 128, 0.0057 at
+512 and 0.0053 (the floor) at 4096. A block that is mostly padding (263
+coordinates in blocks of 256: 7 real ones in the second) shows it too, so
+the conformance suite checks unbiasedness at block=0 only.
+
+Overflow-safe: norms are taken of y / max|y|, so any input whose rotation
+is finite gives a finite scale. A NaN or Inf anywhere makes S NaN, and the
+whole update decodes to NaN.
+
+References:
+  Vargaftik et al., "DRIVE: One-bit Distributed Mean Estimation", NeurIPS
+  2021 (arXiv 2105.08339).
+  Vargaftik et al., "EDEN: Communication-Efficient and Robust Distributed
+  Mean Estimation for Federated Learning", ICML 2022 (arXiv 2108.08842).
+  Zandieh et al., "TurboQuant: Online Vector Quantization with Near-optimal
+  Distortion Rate", 2025 (arXiv 2504.19874).
+  Max, "Quantizing for minimum distortion", IRE Trans. Inf. Theory 1960.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fedjax_comp import kernels
+from fedjax_comp.codecs.base import (Codec, FlatMeta, flatten_update, static_field,
+                                     unflatten_update)
+
+SCALES = ("unbiased", "mse", "one")
+WHOLE_BITS = (1, 2, 3, 4)
+
+
+def _normal_pdf(t: float) -> float:
+  return math.exp(-t * t / 2) / math.sqrt(2 * math.pi) if math.isfinite(t) else 0.0
+
+
+def _normal_cdf(t: float) -> float:
+  return 0.5 * math.erfc(-t / math.sqrt(2))
+
+
+@functools.cache
+def lloyd_max(bits: int) -> tuple[np.ndarray, np.ndarray]:
+  """``(centroids [2^bits], boundaries [2^bits - 1])`` of N(0, 1)'s Lloyd-Max quantizer, float64.
+
+  Lloyd's iteration (each centroid the conditional mean of its cell, each
+  boundary the midpoint of its neighbours) run to a fixed point.
+  """
+  levels = 2**bits
+  pdf, cdf = _normal_pdf, _normal_cdf
+  c = np.array([(i + 0.5) / levels * 6 - 3 for i in range(levels)])
+  for _ in range(100_000):
+    edges = [-math.inf] + list((c[1:] + c[:-1]) / 2) + [math.inf]
+    new = np.array([(pdf(a) - pdf(b)) / (cdf(b) - cdf(a)) for a, b in zip(edges, edges[1:])])
+    if np.max(np.abs(new - c)) < 1e-15:
+      c = new
+      break
+    c = new
+  return c, (c[1:] + c[:-1]) / 2
+
+
+def distortion(bits: int) -> float:
+  """E[(Z - c(Z))^2] for Z ~ N(0, 1) and its Lloyd-Max quantizer: the `mse` scale's vNMSE limit."""
+  c, b = lloyd_max(bits)
+  edges = [-math.inf] + list(b) + [math.inf]
+  cdf = _normal_cdf
+  # E[Z^2] - sum_cells P(cell) c^2, since each c is its cell's conditional mean.
+  return 1.0 - sum((cdf(hi) - cdf(lo)) * ci**2 for lo, hi, ci in zip(edges, edges[1:], c))
+
+
+def unbiased_vnmse(bits: int) -> float:
+  """The unbiased scale's asymptotic vNMSE, ``D / (1 - D)`` (EDEN, section 3)."""
+  d = distortion(bits)
+  return d / (1.0 - d)
+
+
+@flax.struct.dataclass
+class RotatedCodes:
+  words: jax.Array  # uint32 [code_bits, ceil(m / 32)]: packed centroid indices
+  scale: jax.Array  # float32 [blocks]: S of each rotation block
+  meta: FlatMeta  # the update's tree (static, 0 bits)
+  code_bits: int = static_field()
+  kept: int = static_field()  # coordinates sent (the padded length unless b < 1)
+
+
+def check_bits(bits, codec: str) -> None:
+  ok = isinstance(bits, (int, float)) and not isinstance(bits, bool) and (
+      bits in WHOLE_BITS or 0 < bits < 1)
+  if not ok:
+    raise ValueError(f"{codec}: bits must be 1, 2, 3 or 4, or a fraction in (0, 1) "
+                     f"(e.g. 0.5: 1 bit on half the coordinates), got {bits!r}")
+
+
+def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
+  check_bits(bits, name)
+  if scale not in SCALES:
+    raise ValueError(f"{name}: scale must be one of {', '.join(SCALES)}, got {scale!r}")
+  if not (isinstance(block, int) and not isinstance(block, bool)
+          and (block == 0 or kernels.is_pow2(block))):
+    raise ValueError(f"{name}: block must be 0 or a power of two, got {block!r}")
+  fraction = bits if bits < 1 else None
+  if fraction is not None and scale != "unbiased":
+    raise ValueError(f"{name}: fractional bits ({bits}) need scale=unbiased: the kept "
+                     "coordinates are rescaled by 1/b, which only the unbiased scale expects")
+  code_bits = 1 if fraction is not None else int(bits)
+  centroids, boundaries = (jnp.asarray(a, jnp.float32) for a in lloyd_max(code_bits))
+  blk = block or None
+
+  def rows(d: int) -> tuple[int, int]:
+    """(blocks, block length) of the rotated update."""
+    n = kernels.rotated_length(d, blk)
+    length = min(n, blk or n)
+    return n // length, length
+
+  def kept_indices(key, length):
+    k = min(length, max(1, math.ceil(fraction * length - 1e-9)))
+    return kernels.stratified_indices(jax.random.fold_in(key, 1), length, k)
+
+  def encode(key, x, state):
+    vec, meta = flatten_update(x, name)
+    if meta.size == 0:
+      return RotatedCodes(words=kernels.pack(jnp.zeros((0,), jnp.uint32), code_bits),
+                          scale=jnp.zeros((0,), jnp.float32), meta=meta, code_bits=code_bits,
+                          kept=0), state
+    nb, length = rows(meta.size)
+    y = kernels.rotate(key, vec, blk).reshape(nb, length)
+    if fraction is not None:
+      y = y[:, kept_indices(key, length)[0]]
+    m = y.shape[1]
+    # Norms of y / max|y| per block: no overflow for any finite rotation.
+    top = jnp.max(jnp.abs(y), axis=1, keepdims=True)
+    unit = y / jnp.where(top > 0, top, 1.0)
+    norm = jnp.sqrt(jnp.sum(unit * unit, axis=1, keepdims=True))
+    z = unit * (math.sqrt(m) / jnp.where(norm > 0, norm, 1.0))
+    codes = jnp.sum(z[..., None] > boundaries, axis=-1, dtype=jnp.uint32)
+    q = centroids[codes]
+    if scale == "unbiased":
+      dot = jnp.sum(unit * q, axis=1, keepdims=True)
+      s = top * jnp.where(dot > 0, norm * norm / jnp.where(dot > 0, dot, 1.0), 0.0)
+    elif scale == "mse":
+      s = top * jnp.sum(unit * q, axis=1, keepdims=True) / jnp.sum(q * q, axis=1, keepdims=True)
+    else:
+      s = top * norm / math.sqrt(m)
+    s = jnp.where(jnp.all(jnp.isfinite(vec)), s[:, 0], jnp.nan).astype(jnp.float32)
+    return RotatedCodes(words=kernels.pack(codes.reshape(-1), code_bits), scale=s, meta=meta,
+                        code_bits=code_bits, kept=nb * m), state
+
+  def decode(key, p):
+    d = p.meta.size
+    if d == 0:
+      return unflatten_update(jnp.zeros((0,), jnp.float32), p.meta)
+    nb, length = rows(d)
+    codes = kernels.unpack(p.words, p.code_bits, p.kept).reshape(nb, -1)
+    y = centroids[codes] * p.scale[:, None]
+    if fraction is not None:
+      idx, sizes = kept_indices(key, length)
+      y = jnp.zeros((nb, length), jnp.float32).at[:, idx].set(y * sizes)
+    return unflatten_update(kernels.unrotate(key, y.reshape(-1), d, blk), p.meta)
+
+  return Codec(init=lambda x: (), encode=encode, decode=decode)
+
+
+def eden(bits: float = 2, scale: str = "unbiased", block: int = 0) -> Codec:
+  """EDEN: rotate, quantize to N(0, 1)'s Lloyd-Max centroids, one scale (module docstring).
+
+  Args:
+    bits: 1, 2, 3 or 4 bits per rotated coordinate, or a fraction in (0, 1):
+      1 bit on that fraction of the rotated coordinates.
+    scale: ``unbiased`` (EDEN), ``mse`` (least squares, biased) or ``one``
+      (the centroids times ||x|| / sqrt(n): TurboQuant, biased).
+    block: rotate in independent blocks of this power-of-two length, so the
+      padding is to a multiple of `block`; 0 pads the whole update to a
+      power of two.
+
+  Returns:
+    A stateless `Codec`; ``32 * b * ceil(m / 32) + 32 * blocks`` bits per client.
+
+  Examples:
+    >>> codec = eden(bits=2)          # or codecs.parse("eden(bits=2)")
+    >>> codec = eden(bits=0.5)        # half a bit per coordinate
+  """
+  return _rotated_codec(bits, scale, block, "eden")
+
+
+def drive(block: int = 0) -> Codec:
+  """DRIVE: rotate, send the signs and ``S = ||x||^2 / ||H D x||_1`` (unbiased, vNMSE -> 0.571).
+
+  Args:
+    block: as for `eden`.
+
+  Returns:
+    A stateless `Codec`: ``32 * ceil(n / 32) + 32 * blocks`` bits for a padded length n.
+  """
+  return _rotated_codec(1, "unbiased", block, "drive")
