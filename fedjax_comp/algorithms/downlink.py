@@ -17,7 +17,7 @@ simulation assumes every client follows every broadcast (it keeps W_hat
 current), as in the bidirectional EF21-P setting; a cross-device client
 that was offline would need the payloads it missed (not simulated).
 
-C's randomness is drawn from ``stream(round_key(t), DOWNLINK)``, which
+C's randomness is drawn from ``stream(server_key(round_key(t)), DOWNLINK)``, which
 every client regenerates. The initial model comes from the seed (0 bits).
 Each client with data downloads C's payload bits per round
 (`FederatedAlgorithm.downlink_bits`), which the network clock uses.
@@ -52,6 +52,12 @@ def check_downlink_codec(codec: codecs.Codec) -> None:
                      "uploads; a broadcast has one sender")
 
 
+def downlink_key(seed_key, round_num):
+  """The downlink codec's key at the end of round `round_num`: a server stream, so it can
+  never equal a client's key (client keys fold the id into the round key)."""
+  return keys.stream(keys.server_key(keys.round_key(seed_key, round_num)), keys.Stream.DOWNLINK)
+
+
 class Downlink:
   """The downlink codec's server-side state and update (module docstring)."""
 
@@ -75,7 +81,7 @@ class Downlink:
     ref = old.downlink if self.feedback else old.params
     target = jax.tree.map(lambda w, r: w.astype(jnp.float32) - r.astype(jnp.float32),
                           new.params, ref)
-    key = keys.stream(keys.round_key(old.seed_key, old.round), keys.Stream.DOWNLINK)
+    key = downlink_key(old.seed_key, old.round)
     payload, _ = self.codec.encode(key, target, self.codec.init(target))
     change = self.codec.decode(key, payload)
     ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(c)) for c in jax.tree.leaves(change)]))

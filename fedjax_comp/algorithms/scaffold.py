@@ -80,6 +80,9 @@ def scaffold(model: Model, client_lr: float, server_optimizer: optax.GradientTra
   abstract = jax.eval_shape(model.init, jax.random.key(0))
   if codec_row(codec, abstract)[0]:
     raise ValueError("scaffold does not support codecs with per-client state")
+  if codec.aggregator is not None:
+    raise ValueError(f"scaffold averages Δy and Δc; a codec with its own aggregation rule "
+                     f"({codec.aggregator.name}) is not supported")
   chunk = client_chunk or model.default_chunk(jax.default_backend())
   base.check_common(clients_per_round, chunk)
   client_update = make_client_update(model.train_loss, optax.sgd(client_lr), schedule)

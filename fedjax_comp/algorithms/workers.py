@@ -78,6 +78,10 @@ def check_common(batch_size, codec, mesh):
     raise ValueError("structured codecs (low_rank, random_mask) train a restricted update "
                      "from the server model each round; use them with fed_avg, not with "
                      "worker-based training")
+  if codec.stateful or codec.aggregator is not None:
+    raise ValueError("worker-based training encodes each upload afresh and averages it; a "
+                     "codec with per-client state (ef, ef21, powersgd) or its own aggregation "
+                     "rule (sign's majority vote) needs fed_avg")
   if mesh is not None and CLIENTS_AXIS not in mesh.shape:
     raise ValueError(f"mesh must have a {CLIENTS_AXIS!r} axis, got axes {tuple(mesh.shape)}")
   if mesh is not None and mesh.shape[CLIENTS_AXIS] == 1:

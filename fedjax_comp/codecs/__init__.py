@@ -67,10 +67,10 @@ from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Struc
                                      static_field, unflatten_update)
 from fedjax_comp.codecs.bits import codec_input, dense_bits, payload_bits, uplink_bits
 from fedjax_comp.codecs.composition import chain
-from fedjax_comp.codecs.eden import RotatedCodes, drive, eden
+from fedjax_comp.codecs.rotated_codes import RotatedCodes, drive, eden
 from fedjax_comp.codecs.feedback import ef, ef21
-from fedjax_comp.codecs.powersgd import Factors, powersgd
-from fedjax_comp.codecs.qsgd import QSGDLeaf, qsgd
+from fedjax_comp.codecs.power_iteration import Factors, powersgd
+from fedjax_comp.codecs.norm_levels import QSGDLeaf, qsgd
 from fedjax_comp.codecs.quantization import Quantized, quantize
 from fedjax_comp.codecs.rotation import FlatRotated, Rotated, hadamard
 from fedjax_comp.codecs.sparsification import RandK, Sparse, index_coding, rand_k, top_k

@@ -12,7 +12,9 @@ def chain(*codecs: Codec) -> Codec:
 
   Each stage sees the previous stage's payload as its input pytree. Stage i
   uses key ``fold_in(key, i)``. Only the first stage may be structured; the
-  chain's `structure` is that stage's, keyed the same way. Only the last
+  chain's `structure` is that stage's, keyed the same way. Only the first
+  stage may keep per-client state (its state would not line up with an
+  input that earlier stages re-randomize each round). Only the last
   stage may set an aggregation rule; the chain's is that stage's, as is its
   `coded_bits` (the payload is the last stage's).
 
@@ -32,6 +34,11 @@ def chain(*codecs: Codec) -> Codec:
     if c.structure is not None:
       raise ValueError(f"only the first codec stage may be structured (low_rank, random_mask); "
                        f"stage {i} is")
+  for i, c in enumerate(codecs[1:], 1):
+    if c.stateful:
+      raise ValueError(f"codec stage {i} keeps per-client state (ef, ef21, powersgd), so it must "
+                       "be the first stage: an earlier stage's rotation, indices or mask change "
+                       "every round, and the state would no longer line up with its input")
   for i, c in enumerate(codecs[:-1]):
     if c.aggregator is not None:
       raise ValueError(f"codec stage {i} sets the server's aggregation rule "

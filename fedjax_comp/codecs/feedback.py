@@ -21,6 +21,10 @@ update it applies (`aggregation.population_running_mean`; this is EF21-PP,
 Fatkhullin et al. 2021, arXiv 2110.03294, for partial participation; with
 full participation it is EF21's ``g + mean_i c_i``).
 
+Note that with ef21 the server's g weighs every client equally (EF21 is
+defined for a uniform mean), not by example count as FedAvg's mean does,
+and a client that never takes part (or holds no data) keeps g_i = 0 in it.
+
 Stale state of unsampled clients. ``ef``: a client's residual waits for its
 next round; ``decay`` multiplies it by ``decay`` per round missed (1 keeps
 it, 0 drops it; `Codec.age`). ``ef21``: g_i is kept unchanged, because the
@@ -47,7 +51,7 @@ import jax.numpy as jnp
 
 from fedjax_comp.codecs.aggregation import population_running_mean
 from fedjax_comp.codecs.base import Codec
-from fedjax_comp.codecs.powersgd import check_decay
+from fedjax_comp.codecs.power_iteration import check_decay
 
 
 def _inner(codec: Any, wrapper: str) -> Codec:

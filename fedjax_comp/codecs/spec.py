@@ -29,10 +29,10 @@ from collections.abc import Callable, Sequence
 
 from fedjax_comp.codecs.base import Codec, identity
 from fedjax_comp.codecs.composition import chain
-from fedjax_comp.codecs.eden import drive, eden
+from fedjax_comp.codecs.rotated_codes import drive, eden
 from fedjax_comp.codecs.feedback import ef, ef21
-from fedjax_comp.codecs.powersgd import powersgd
-from fedjax_comp.codecs.qsgd import qsgd
+from fedjax_comp.codecs.power_iteration import powersgd
+from fedjax_comp.codecs.norm_levels import qsgd
 from fedjax_comp.codecs.quantization import quantize
 from fedjax_comp.codecs.rotation import hadamard
 from fedjax_comp.codecs.structured import low_rank, random_mask
@@ -258,7 +258,7 @@ register("low_rank", low_rank, examples=("low_rank(rank=2)", "low_rank(rank=1,tr
 register("random_mask", random_mask, examples=("random_mask(p=0.25)",), unbiased=False)
 # With a randomized Hadamard rotation (not a uniform one) DRIVE and EDEN are
 # unbiased only up to a bias orthogonal to x that shrinks with the number of
-# coordinates a rotation mixes (fedjax_comp/codecs/eden.py): a block that is
+# coordinates a rotation mixes (fedjax_comp/codecs/rotated_codes.py): a block that is
 # mostly padding is resolved by the suite, so only block=0 is checked.
 register("drive", drive, examples=("drive", "drive(block=64)"),
          unbiased=lambda kw: kw["block"] == 0)
@@ -288,5 +288,5 @@ COMPOSITE_EXAMPLES = (
     "low_rank(rank=2),hadamard,quantize(bits=4)",
     "subsample(p=0.5),eden(bits=2)",
     "hadamard,sign",
-    "random_mask(p=0.25),ef(top_k(p=0.5))",
+    "ef(rand_k(p=0.5)),quantize(bits=8)",
 )

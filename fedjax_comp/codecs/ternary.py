@@ -8,7 +8,9 @@ gradient clipping (to 2.5 standard deviations) is not applied: it changes
 the estimate (biased) and is a training choice, not the codec.
 
 signSGD with majority vote: the client sends one bit per coordinate of its
-whole update (the sign; 0 counts as +), and the server's aggregate is the
+whole update (the sign; an exact 0 gets a fair coin from the client's key,
+so an untouched coordinate, e.g. an unseen token's embedding, gets no
+systematic vote), and the server's aggregate is the
 elementwise sign of the sum of the cohort's signs (`aggregation.
 majority_vote`), not their mean. One float32 per client carries the
 non-finite policy (1.0, or NaN when the update held a NaN/Inf), so a
@@ -89,10 +91,13 @@ def sign() -> Codec:
   """
 
   def encode(key, x, state):
-    del key
     vec, meta = flatten_update(x, "sign")
     ok = jnp.where(jnp.all(jnp.isfinite(vec)), 1.0, jnp.nan).astype(jnp.float32)
-    return Signs(words=kernels.pack((vec < 0).astype(jnp.uint32), 1), ok=ok, meta=meta), state
+    # An exact zero gets a random sign (a fair coin from the key), so a
+    # coordinate no client moves gets no systematic vote.
+    coin = kernels.rademacher(key, vec.shape) < 0
+    negative = (vec < 0) | ((vec == 0) & coin)
+    return Signs(words=kernels.pack(negative.astype(jnp.uint32), 1), ok=ok, meta=meta), state
 
   def decode(key, s):
     del key

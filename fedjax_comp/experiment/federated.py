@@ -72,6 +72,11 @@ class Experiment:
         f"codec {t.codec!r}: {up:,} uplink bits per client per round "
         f"({dense / up:.1f}x smaller than float32)" if t.algorithm != "scaffold" else
         f"codec {t.codec!r}: {up:,} uplink bits per client per round (Δy and Δc)"]
+    if t.downlink_codec.strip().lower() not in ("", "none"):
+      down = self.algorithm.downlink_bits(sharding.fetch(self.state.params))
+      how = "distance to the clients' copy, EF21-P" if t.downlink_feedback else "last change"
+      lines.append(f"downlink codec {t.downlink_codec!r}: {down:,} bits per client per round "
+                   f"({dense / down:.1f}x smaller than float32; sends the model's {how})")
     if self.clock is not None:
       m = self.clock.links.medians()
       lines.append(f"network {self.cfg.network.network}: {self.clock.net.describe()}; realised "
@@ -222,6 +227,8 @@ def summary(exp: Experiment, history: loop.History) -> dict[str, Any]:
   return {
       "algorithm": exp.algorithm.name, "codec": exp.cfg.train.codec,
       "compression_ratio": codecs.dense_bits(params) / up,
+      "downlink_codec": exp.cfg.train.downlink_codec,
+      "downlink_compression_ratio": codecs.dense_bits(params) / exp.algorithm.downlink_bits(params),
       "num_params": models.num_params(params), "client_store": exp.store,
       "target_accuracy": target,
       "rounds_to_target": history.to_target("accuracy", target),

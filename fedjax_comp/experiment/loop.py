@@ -194,7 +194,9 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
       record = {"round": r, "train_loss": float(m.train_loss),
                 "update_norm": float(m.update_norm), "num_clients": senders,
                 "num_steps": int(m.num_steps), "uplink_bits": up_bits * senders,
+                "downlink_bits": down_bits * senders,
                 "round_uplink_bytes": up_bits * senders / 8,
+                "round_downlink_bytes": down_bits * senders / 8,
                 "total_uplink_bytes": history.total_uplink_bits / 8,
                 "total_downlink_bytes": history.total_downlink_bits / 8}
       wait = getattr(rounds, "data_wait_s", None)  # a host store's wait for the cohort

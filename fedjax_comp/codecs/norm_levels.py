@@ -16,7 +16,8 @@ length for the payload at hand (``elias="gamma"``: |gamma(k)| =
 2 floor(log2 k) + 1; ``"omega"``: Elias's recursive code, which the paper
 uses). The two counts are reported side by side by `benchmarks.dme`.
 
-A NaN or Inf in a leaf makes its norms NaN, and the leaf decodes to NaN.
+A NaN or Inf in a bucket makes its norm NaN, and the bucket decodes to NaN
+(so the update is non-finite and the round refuses it).
 
 References:
   Alistarh et al., "QSGD: Communication-Efficient SGD via Gradient

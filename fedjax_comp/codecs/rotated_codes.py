@@ -28,9 +28,9 @@ case: the centroids are +-sqrt(2/pi) and the scale absorbs them.
 Fractional b < 1 (``eden(bits=0.5)``): a random fraction b of the rotated
 coordinates, one per stratum of about 1/b (`kernels.stratified_indices`,
 drawn from the key, so the indices are not sent), is quantized to 1 bit
-with the unbiased scale of the kept sub-vector, and each kept value is
-multiplied by its stratum size on decode, so ``E <x_hat, x> = ||x||^2``
-still holds.
+with the unbiased scale ``S = sum_j s_j y_j^2 / sum_j s_j q_j y_j`` over the
+kept coordinates (s_j the stratum sizes), and each kept value is multiplied
+by its stratum size on decode, so ``E <x_hat, x> = ||x||^2`` still holds.
 
 With ``block``, the update is rotated in independent blocks, and each
 block gets its own scale: one scale over blocks of unequal energy (the last
@@ -39,8 +39,8 @@ suite measured (a 10% shrinkage at block=64). For b < 1 the same kept
 positions are used in every block (each block's rotation is independent).
 
 Bits: ``32 * b * ceil(m / 32)`` packed codes for the m coordinates sent
-(m = the padded length, or the kept count for b < 1) plus 32 per block for
-its S. The padding is counted: choose `block` to bound it.
+(m = the padded length; for b < 1, one bit per kept coordinate,
+``32 * ceil(m / 32)``) plus 32 per block for its S. The padding is counted: choose `block` to bound it.
 
 The Hadamard rotation is not uniform, and the estimate is unbiased along x
 exactly (``<E x_hat, x> = ||x||^2``) but carries a small bias orthogonal to
@@ -176,8 +176,10 @@ def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
                           kept=0), state
     nb, length = rows(meta.size)
     y = kernels.rotate(key, vec, blk).reshape(nb, length)
+    weights = None
     if fraction is not None:
-      y = y[:, kept_indices(key, length)[0]]
+      idx, weights = kept_indices(key, length)
+      y = y[:, idx]
     m = y.shape[1]
     # Norms of y / max|y| per block: no overflow for any finite rotation.
     top = jnp.max(jnp.abs(y), axis=1, keepdims=True)
@@ -187,8 +189,12 @@ def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
     codes = jnp.sum(z[..., None] > boundaries, axis=-1, dtype=jnp.uint32)
     q = centroids[codes]
     if scale == "unbiased":
-      dot = jnp.sum(unit * q, axis=1, keepdims=True)
-      s = top * jnp.where(dot > 0, norm * norm / jnp.where(dot > 0, dot, 1.0), 0.0)
+      # S = ||y||^2 / <y, q>; with b < 1, both weighted by the stratum sizes the decode
+      # multiplies in, so that E <x_hat, x> = ||x||^2 holds exactly for unequal strata.
+      w = 1.0 if weights is None else weights
+      dot = jnp.sum(w * unit * q, axis=1, keepdims=True)
+      sq = jnp.sum(w * unit * unit, axis=1, keepdims=True)
+      s = top * jnp.where(dot > 0, sq / jnp.where(dot > 0, dot, 1.0), 0.0)
     elif scale == "mse":
       s = top * jnp.sum(unit * q, axis=1, keepdims=True) / jnp.sum(q * q, axis=1, keepdims=True)
     else:

@@ -1,0 +1,324 @@
+"""The codecs after Konečný: exact bits by hand, numpy references, feedback identities, the vote.
+
+The conformance suite (tests/test_codecs.py) already runs every registered
+example (round trip, same key, vmap == loop, bits == payload, unbiasedness,
+hostile inputs); this file checks what is particular to each method.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fedjax_comp import codecs as C
+from fedjax_comp import kernels as K
+from fedjax_comp.codecs import rotated_codes as eden_lib
+from fedjax_comp.codecs import norm_levels as qsgd_lib
+from tests.test_codecs import make_params
+
+SIZES = [math.prod(l.shape) for l in jax.tree.leaves(make_params())]  # 72, 5, 185, 1
+D = sum(SIZES)  # 263
+
+
+def bits(spec):
+  return C.uplink_bits(C.parse(spec), make_params())
+
+
+def words(n):
+  return -(-n // 32)
+
+
+def test_hand_counted_bits_of_every_new_codec():
+  assert D == 263 and K.next_pow2(D) == 512
+  # DRIVE / EDEN: b bits per padded rotated coordinate + one float32 per block.
+  assert bits("drive") == 512 + 32
+  assert bits("drive(block=64)") == 320 + 5 * 32  # 263 -> 5 blocks of 64
+  assert bits("eden(bits=2)") == 2 * 512 + 32
+  assert bits("eden(bits=3)") == 32 * 3 * words(512) + 32
+  assert bits("eden(bits=4,block=128)") == 4 * 384 + 3 * 32
+  assert bits("eden(bits=0.5)") == 256 + 32  # 1 bit on half of the 512
+  # QSGD: ceil(log2(2s + 1))-bit signed levels + one float32 per bucket, per leaf.
+  assert qsgd_lib.code_bits(4) == 4 and qsgd_lib.code_bits(1) == 2 and qsgd_lib.code_bits(127) == 8
+  assert bits("qsgd(levels=4)") == sum(32 * 4 * words(n) + 32 for n in SIZES)
+  assert bits("qsgd(levels=1,bucket=16)") == sum(32 * 2 * words(n) + 32 * -(-n // 16)
+                                                 for n in SIZES)
+  # TernGrad: 2-bit codes + max|x| per leaf. sign: 1 bit per coordinate + the finite flag.
+  assert bits("terngrad") == sum(64 * words(n) + 32 for n in SIZES)
+  assert bits("sign") == 32 * words(D) + 32
+  # top-k: 32-bit values + the smaller index list (ceil(log2 263) = 9 bits, or 263 bits).
+  assert C.index_coding(27, D) == ("positions", 32 * words(27 * 9))
+  assert bits("top_k(p=0.1)") == 27 * 32 + 256
+  assert bits("top_k(k=3)") == 3 * 32 + 32
+  assert C.index_coding(132, D) == ("bitmap", 288)
+  assert bits("top_k(p=0.5)") == 132 * 32 + 288
+  # rand-k: the values only (indices come from the shared key).
+  assert bits("rand_k(p=0.25)") == 66 * 32
+  assert bits("rand_k(k=7)") == 7 * 32
+  # PowerSGD rank 2: conv [18, 4] -> 2 (18 + 4); dense [37, 5] -> 2 (37 + 5); vectors in full.
+  assert bits("powersgd(rank=2)") == 32 * (2 * 22 + 2 * 42 + 5 + 1)
+  assert bits("powersgd(rank=9)") == 32 * (4 * 22 + 5 * 42 + 5 + 1)  # rank capped at min(n, m)
+  # Feedback wrappers send exactly the wrapped payload.
+  assert bits("ef(top_k(p=0.1))") == bits("ef21(top_k(p=0.1))") == bits("top_k(p=0.1)")
+
+
+def test_qsgd_elias_bits_by_hand():
+  x = {"w": jnp.array([0.0, 3.0, 0.0, 0.0, -4.0])}  # ||x|| = 5: with s = 5 the levels are exact
+  for elias, want in (("gamma", 32 + (3 + 1 + 3) + (3 + 1 + 5)),
+                      ("omega", 32 + (3 + 1 + 3) + (3 + 1 + 6))):
+    codec = C.qsgd(levels=5, elias=elias)
+    payload, _ = codec.encode(jax.random.key(0), x, ())
+    np.testing.assert_array_equal(codec.decode(jax.random.key(0), payload)["w"], x["w"])
+    # nonzeros at 1 (gap 2) and 4 (gap 3), levels 3 and 4; gamma: 3, 3, 3, 5; omega: 3, 3, 3, 6
+    assert int(codec.coded_bits(payload)) == want
+    assert C.payload_bits(payload) == 32 * 4 + 32  # fixed length: 4-bit codes, one norm
+  gamma = np.asarray(qsgd_lib.gamma_length(jnp.arange(1, 9)))
+  omega = np.asarray(qsgd_lib.omega_length(jnp.array([1, 2, 3, 4, 7, 8, 16, 100])))
+  np.testing.assert_array_equal(gamma, [1, 3, 3, 5, 5, 5, 5, 7])
+  np.testing.assert_array_equal(omega, [1, 3, 3, 6, 6, 7, 11, 13])
+
+
+def test_lloyd_max_centroids_match_the_published_table():
+  """REFERENCES.md (EDEN's constants): positive halves of N(0,1)'s Lloyd-Max quantizers."""
+  published = {1: [0.7979], 2: [0.4528, 1.5104],
+               4: [0.1284, 0.3880, 0.6568, 0.9423, 1.2562, 1.6180, 2.0690, 2.7326]}
+  for b, half in published.items():
+    c, edges = eden_lib.lloyd_max(b)
+    np.testing.assert_allclose(c[2**(b - 1):], half, atol=6e-5)
+    np.testing.assert_allclose(edges, (c[1:] + c[:-1]) / 2)
+  # The asymptotic vNMSEs the issue quotes (EDEN, unbiased): 0.571, 0.133, 0.0096.
+  assert abs(eden_lib.unbiased_vnmse(1) - (math.pi / 2 - 1)) < 1e-9
+  assert abs(eden_lib.unbiased_vnmse(2) - 0.133) < 5e-4
+  assert abs(eden_lib.unbiased_vnmse(4) - 0.0096) < 5e-5
+
+
+def _numpy_eden(x, bits, scale, rng):
+  """An independent EDEN in numpy: Sylvester Hadamard matrix, published centroids."""
+  d = x.size
+  h = np.ones((1, 1))
+  while h.shape[0] < d:
+    h = np.block([[h, h], [h, -h]])
+  h /= math.sqrt(d)
+  half = {1: [0.7978845608], 2: [0.4527800399, 1.5104176087],
+          4: [0.1283950167, 0.3880482345, 0.6567589958, 0.9423402689, 1.2562309480,
+              1.6180460517, 2.0690167302, 2.7325888041]}[bits]
+  centroids = np.array([-c for c in reversed(half)] + half)
+  signs = rng.choice([-1.0, 1.0], size=d)
+  y = h @ (signs * x)
+  z = y * math.sqrt(d) / np.linalg.norm(y)
+  q = centroids[np.searchsorted((centroids[1:] + centroids[:-1]) / 2, z)]
+  s = {"unbiased": y @ y / (y @ q), "mse": (y @ q) / (q @ q),
+       "one": np.linalg.norm(y) / math.sqrt(d)}[scale]
+  return signs * (h @ (s * q))
+
+
+@pytest.mark.parametrize("spec,bits,scale", [("drive", 1, "unbiased"), ("eden(bits=2)", 2, "unbiased"),
+                                             ("eden(bits=4)", 4, "unbiased"),
+                                             ("eden(bits=2,scale=mse)", 2, "mse"),
+                                             ("eden(bits=1,scale=one)", 1, "one")])
+def test_vnmse_matches_an_independent_numpy_reference(spec, bits, scale):
+  """Mean vNMSE over T trials, ours vs numpy's, within 4 standard errors of their difference."""
+  d, trials = 2048, 200
+  rng = np.random.default_rng(0)
+  x = rng.lognormal(size=d)
+  ref = np.array([_numpy_eden(x, bits, scale, rng) for _ in range(trials)])
+  ref_err = np.sum((ref - x) ** 2, axis=1) / (x @ x)
+  codec = C.parse(spec)
+  xs = jnp.asarray(x, jnp.float32)
+  ours = np.asarray(jax.jit(jax.vmap(lambda k: codec.decode(k, codec.encode(k, xs, ())[0])))(
+      jax.random.split(jax.random.key(1), trials)), np.float64)
+  our_err = np.sum((ours - x) ** 2, axis=1) / (x @ x)
+  se = math.sqrt(ref_err.var() / trials + our_err.var() / trials)
+  assert abs(our_err.mean() - ref_err.mean()) <= 4 * se + 1e-4, (our_err.mean(), ref_err.mean())
+  if scale == "unbiased":  # and both near the asymptotic value (d = 2048 is large)
+    assert abs(our_err.mean() / eden_lib.unbiased_vnmse(bits) - 1) < 0.05
+  else:  # the biased scales' vNMSE tends to the Lloyd-Max distortion
+    assert abs(our_err.mean() / eden_lib.distortion(bits) - 1) < 0.05
+
+
+def test_eden_is_unbiased_within_the_trial_noise_at_a_large_dimension():
+  d, trials = 4096, 4000
+  x = jax.random.normal(jax.random.key(5), (d,)) + 0.3
+  for spec in ("drive", "eden(bits=2)", "eden(bits=0.5)"):
+    codec = C.parse(spec)
+    ys = jax.jit(jax.vmap(lambda k: codec.decode(k, codec.encode(k, x, ())[0])))(
+        jax.random.split(jax.random.key(6), trials))
+    mean = np.asarray(ys, np.float64).mean(0)
+    vnmse = float(np.mean(np.sum((np.asarray(ys) - np.asarray(x)) ** 2, 1)) / np.sum(
+        np.asarray(x) ** 2))
+    # ||mean - x||^2 / ||x||^2 has expectation vNMSE / T for an unbiased codec.
+    rel = np.sum((mean - np.asarray(x)) ** 2) / np.sum(np.asarray(x) ** 2)
+    assert rel < 1.5 * vnmse / trials, (spec, rel, vnmse / trials)
+
+
+def test_top_k_keeps_exactly_the_largest_and_ties_by_index():
+  x = jnp.array([0.5, -3.0, 2.0, -2.0, 0.1, 2.0, 1.0])
+  mask = np.asarray(C.sparsification.top_k_mask(x, 3))
+  np.testing.assert_array_equal(mask, [False, True, True, True, False, False, False])
+  big = jnp.asarray(np.random.default_rng(0).standard_normal(40), jnp.float32)
+  for vec, spec, coding in ((x, "top_k(k=3)", "positions"), (big, "top_k(k=4)", "positions"),
+                            (big, "top_k(k=20)", "bitmap")):
+    codec = C.parse(spec)
+    payload, _ = codec.encode(None, {"x": vec}, ())
+    assert payload.coding == coding
+    y = np.asarray(codec.decode(None, payload)["x"])
+    v = np.asarray(vec)
+    order = np.lexsort((np.arange(v.size), -np.abs(v)))[:payload.k]
+    want = np.zeros(v.size, np.float32)
+    want[order] = v[order]
+    np.testing.assert_array_equal(y, want)
+
+
+def test_wide_index_packing_round_trips_every_width():
+  rng = np.random.default_rng(0)
+  for width in (1, 5, 9, 17, 31, 32):
+    v = rng.integers(0, 2**width, size=37, dtype=np.uint64).astype(np.uint32)
+    w = C.sparsification.pack_fields(jnp.asarray(v), width)
+    assert w.shape == (words(37 * width),)
+    np.testing.assert_array_equal(C.sparsification.unpack_fields(w, width, 37), v)
+
+
+def test_error_feedback_residual_identity_is_exact():
+  """p = delta + e_old splits into what was sent and what is kept: C(p) + e_new == p, bit for bit."""
+  codec = C.parse("ef(top_k(p=0.1))")
+  x0 = make_params()
+  e = codec.init(x0)
+  sent_total = jax.tree.map(jnp.zeros_like, e)
+  x_total = jax.tree.map(jnp.zeros_like, e)
+  for t in range(5):
+    leaves, treedef = jax.tree.flatten(x0)
+    x = jax.tree.unflatten(treedef, [jax.random.normal(jax.random.key(10 * t + i), l.shape)
+                                     for i, l in enumerate(leaves)])
+    payload, e_new = codec.encode(jax.random.key(t), x, e)
+    sent = codec.decode(jax.random.key(t), payload)
+    jax.tree.map(lambda s, en, a, eo: np.testing.assert_array_equal(s + en, a + eo),
+                 sent, e_new, x, e)
+    sent_total = jax.tree.map(jnp.add, sent_total, sent)
+    x_total = jax.tree.map(jnp.add, x_total, x)
+    e = e_new
+  # Nothing is lost, only delayed.
+  jax.tree.map(lambda s, en, a: np.testing.assert_allclose(s + en, a, atol=1e-5),
+               sent_total, e, x_total)
+
+
+def test_ef21_state_tracks_what_was_sent():
+  codec = C.parse("ef21(top_k(p=0.1))")
+  g = codec.init(make_params())
+  x = jax.tree.map(lambda l: jnp.ones(l.shape) * 2.0, make_params())
+  total = jax.tree.map(jnp.zeros_like, g)
+  for t in range(30):
+    payload, g = codec.encode(jax.random.key(t), x, g)
+    total = jax.tree.map(jnp.add, total, codec.decode(jax.random.key(t), payload))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, total)
+  # A constant update is learned exactly once top-k has cycled through it.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g, x)
+
+
+def test_decay_ages_a_stale_residual():
+  codec = C.parse("ef(top_k(p=0.1),decay=0.5)")
+  e = jax.tree.map(lambda l: jnp.ones(l.shape), C.parse("ef(top_k(p=0.1))").init(make_params()))
+  aged = codec.age(e, jnp.int32(3))
+  jax.tree.map(lambda a: np.testing.assert_allclose(a, 0.125), aged)
+  assert C.parse("ef(top_k(p=0.1))").age is None  # decay=1 keeps it: no ageing at all
+  state = C.parse("powersgd(rank=1,decay=0.5)").init(make_params())
+  aged = C.parse("powersgd(rank=1,decay=0.5)").age(
+      jax.tree.map(lambda a: a + 1.0, state), jnp.int32(1))
+  kernel = aged["dense"]["kernel"]
+  np.testing.assert_allclose(kernel["e"], 0.5)
+  np.testing.assert_allclose(kernel["q"], state["dense"]["kernel"]["q"] + 1.0)  # Q is kept
+
+
+def test_powersgd_warm_starts_from_the_clients_previous_q():
+  codec = C.powersgd(rank=2)
+  x = {"w": jax.random.normal(jax.random.key(0), (12, 7))}
+  s0 = codec.init(x)
+  p1, s1 = codec.encode(None, x, s0)
+  m = np.asarray(x["w"], np.float64)
+  # One power iteration from the initial Q: P = orth(M Q0), Q1 = M^T P.
+  p = np.linalg.qr(m @ np.asarray(s0["w"]["q"]))[0]
+  np.testing.assert_allclose(np.abs(np.asarray(p1["w"].p)), np.abs(p), atol=1e-5)
+  np.testing.assert_allclose(s1["w"]["q"], p1["w"].q, atol=0)
+  # Residual: M = P Q^T + e.
+  np.testing.assert_allclose(np.asarray(codec.decode(None, p1)["w"]) + s1["w"]["e"], m, atol=1e-5)
+  # The next round starts from Q1, not from a fresh Q.
+  x2 = {"w": jax.random.normal(jax.random.key(1), (12, 7))}
+  p2, _ = codec.encode(None, x2, s1)
+  m2 = np.asarray(x2["w"]) + np.asarray(s1["w"]["e"])
+  want = np.linalg.qr(m2 @ np.asarray(s1["w"]["q"]))[0]
+  np.testing.assert_allclose(np.abs(np.asarray(p2["w"].p)), np.abs(want), atol=1e-4)
+  # Repeated rounds on the same matrix converge to its best rank-2 approximation.
+  s = s0
+  for _ in range(30):
+    pay, s = codec.encode(None, x, jax.tree.map(lambda a: a, {"w": {**s["w"], "e": s0["w"]["e"]}}))
+  u, sv, vt = np.linalg.svd(m)
+  best = (u[:, :2] * sv[:2]) @ vt[:2]
+  np.testing.assert_allclose(np.asarray(codec.decode(None, pay)["w"]), best, atol=1e-3)
+
+
+def test_majority_vote_by_hand():
+  vote = C.majority_vote()
+  signs = np.array([[1, 1, -1, 1], [1, -1, -1, -1], [-1, 1, -1, 1]], np.float32)
+  update, _ = vote.finalize((), jnp.asarray(signs.sum(0)), jnp.float32(3), 10)
+  np.testing.assert_array_equal(update, [1, 1, -1, 1])
+  update, _ = vote.finalize((), jnp.asarray(signs[:2].sum(0)), jnp.float32(2), 10)
+  np.testing.assert_array_equal(update, [1, 0, -1, 0])  # ties are 0
+  assert float(vote.weight(jnp.float32(57))) == 1.0  # one vote per client, whatever its size
+
+
+def test_sign_of_an_exact_zero_is_a_fair_coin():
+  codec = C.sign()
+  x = {"w": jnp.zeros((4096,))}
+  y = np.asarray(codec.decode(None, codec.encode(jax.random.key(0), x, ())[0])["w"])
+  assert set(np.unique(y)) == {-1.0, 1.0} and abs(y.mean()) < 4 / math.sqrt(4096)
+  x = {"w": jnp.array([0.5, -2.0, 1e-30])}
+  np.testing.assert_array_equal(codec.decode(None, codec.encode(jax.random.key(0), x, ())[0])["w"],
+                                [1.0, -1.0, 1.0])
+
+
+def test_running_mean_moves_by_the_cohorts_changes_over_n():
+  rule = C.population_running_mean()
+  g = rule.init({"w": jnp.zeros(3)})
+  g_new, state = rule.finalize(g, {"w": jnp.array([4.0, -8.0, 2.0])}, jnp.float32(2), 4)
+  np.testing.assert_allclose(g_new["w"], [1.0, -2.0, 0.5])
+  assert state is g_new
+
+
+@pytest.mark.parametrize("bad,match", [
+    ("eden(bits=3.5)", r"bits must be 1, 2, 3 or 4, or a fraction in \(0, 1\)"),
+    ("eden(bits=0)", r"bits must be 1, 2, 3 or 4"),
+    ("eden(bits=8)", r"bits must be 1, 2, 3 or 4"),
+    ("eden(bits=0.5,scale=mse)", "fractional bits .* need scale=unbiased"),
+    ("eden(scale=median)", "scale must be one of unbiased, mse, one"),
+    ("drive(block=100)", "block must be 0 or a power of two"),
+    ("qsgd(levels=0)", r"levels must be an integer in 1..127"),
+    ("qsgd(levels=128)", r"levels must be an integer in 1..127"),
+    ("qsgd(elias=delta)", "elias must be one of gamma, omega"),
+    ("top_k(k=-1)", "k must be an integer >= 1"),
+    ("top_k(p=0)", r"p must be a number in \(0, 1\]"),
+    ("rand_k(p=2)", r"p must be a number in \(0, 1\]"),
+    ("powersgd(rank=0)", "rank must be an integer >= 1"),
+    ("powersgd(decay=1.5)", r"decay must be a number in \[0, 1\]"),
+    ("ef(powersgd)", "already stateful"),
+    ("ef(ef(top_k))", "already stateful"),
+    ("ef21(ef(top_k))", "already stateful"),
+    ("ef(low_rank(rank=1))", "cannot wrap a structured codec"),
+    ("ef(sign)", "cannot wrap a codec with its own aggregation rule"),
+    ("ef(top_k,decay=2)", r"decay must be a number in \[0, 1\]"),
+    ("ef(top_k(q=1))", "no parameter 'q'"),
+    ("sign,quantize(bits=2)", "sets the server's aggregation rule .* must be the last stage"),
+    ("hadamard,ef(top_k)", "stage 1 keeps per-client state .* must be the first stage"),
+    ("subsample(p=0.5),powersgd", "stage 1 keeps per-client state"),
+])
+def test_bad_specs_name_the_parameter_and_range(bad, match):
+  with pytest.raises(ValueError, match=match):
+    C.parse(bad)
+
+
+def test_k_beyond_the_update_names_the_range():
+  with pytest.raises(ValueError, match=r"top_k: k must be in 1..d = 1..263 for this update, got 264"):
+    C.uplink_bits(C.top_k(k=264), make_params())
+  with pytest.raises(ValueError, match=r"rand_k: k must be in 1..d = 1..263"):
+    C.uplink_bits(C.rand_k(k=1000), make_params())
