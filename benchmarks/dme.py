@@ -34,6 +34,9 @@ Per codec spec, ``result.json``'s ``metrics[spec]`` holds:
   (with independent client randomness about vnmse / n for equal vectors);
 * ``bits_per_coordinate``: bits of one client's real payload arrays over
   ``--dim`` (checked against `codecs.uplink_bits`);
+* ``coded_bits_per_coordinate``: for a codec with a variable-length code
+  (QSGD's Elias coding, `Codec.coded_bits`), the mean coded length of the
+  first trial's payloads over ``--dim``; null for the others;
 * ``encode_s``, ``decode_s``: median over trials of the encode of all clients
   and of the decode + average; ``compile_s`` of both;
 * ``suresh_bound``: the single-client bound on vnmse for ``quantize(bits=b)``,
@@ -185,6 +188,11 @@ def parse_dme_codec(spec: str) -> codecs.Codec:
         f"--codec {spec!r} is a structured codec (low_rank, random_mask): it changes local "
         "training and does not apply to distributed mean estimation; use quantize, hadamard "
         "and subsample stages")
+  if codec.aggregator is not None or codec.stateful:
+    raise ValueError(
+        f"--codec {spec!r} keeps per-client state or its own aggregation rule (ef, ef21, "
+        "powersgd, sign): one round of mean estimation does not measure it; the leaderboard "
+        "(benchmarks.leaderboard) does")
   return codec
 
 
@@ -319,6 +327,10 @@ def measure_codec(spec: str, cfg: Config, mesh, sample, ids, say=print,
   if bits != expected:
     raise AssertionError(f"{spec!r}: payload holds {bits} bits, uplink_bits says {expected}")
 
+  coded = None
+  if codec.coded_bits is not None:  # a variable-length code's exact length (QSGD's Elias)
+    coded = float(jnp.mean(jax.jit(jax.vmap(codec.coded_bits))(payloads))) / cfg.dim
+
   rel_errors, nmses, enc_times, dec_times = [], [], [], []
   for t in range(cfg.trials):
     if t:
@@ -339,6 +351,7 @@ def measure_codec(spec: str, cfg: Config, mesh, sample, ids, say=print,
       "nmse": statistics.fmean(nmses),
       "bits_per_coordinate": bits / cfg.dim,
       "bits_per_client": bits,
+      "coded_bits_per_coordinate": coded,
       "suresh_bound": suresh_bound(spec, cfg.dim),
       "encode_s": statistics.median(enc_times),
       "decode_s": statistics.median(dec_times),

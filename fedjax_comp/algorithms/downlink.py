@@ -91,4 +91,5 @@ class Downlink:
 
   def bits(self, params: Params) -> int:
     """Bits each client downloads per round: the codec's payload for a model-shaped change."""
-    return codecs.uplink_bits(self.codec, params)
+    as_sent = jax.tree.map(lambda p: jax.ShapeDtypeStruct(jnp.shape(p), jnp.float32), params)
+    return codecs.uplink_bits(self.codec, as_sent)  # the change is encoded in float32

@@ -27,6 +27,16 @@ One job per module:
   fraction p of each leaf's coordinates, rescaled to stay unbiased).
 * Structured updates change local training (a `Structure`): `structured`
   (``low_rank(rank=k)``, ``random_mask(p=...)``).
+* The methods that followed: `rotated_codes` (``drive``, ``eden(bits=b,
+  scale=...)``: a rotation of the whole update, then Lloyd-Max codes and
+  one scale), `norm_levels` (``qsgd(levels=s)``, with the Elias-coded
+  length as `Codec.coded_bits`), `ternary` (``terngrad``, ``sign`` with a
+  majority vote), `sparsification` (``top_k``, ``rand_k``),
+  `power_iteration` (``powersgd(rank=r)``, warm start and error feedback as
+  client state), `feedback` (``ef(<codec>)``, ``ef21(<codec>)``).
+* `aggregation`: how the server combines the decoded updates
+  (`Codec.aggregator`): the weighted mean, signSGD's majority vote, EF21's
+  running mean.
 * `composition`: ``chain(a, b, c)`` encodes a, then b, then c, and decodes
   in reverse. Only the first stage may be structured.
 * `spec`: the registry (`REGISTRY`, `register`) and `parse`, which takes a
@@ -57,7 +67,8 @@ Input policy (checked by tests/test_hostile.py with hypothesis):
 
 References:
   Konečný et al., "Federated Learning: Strategies for Improving
-  Communication Efficiency", 2016 (arXiv:1610.05492).
+  Communication Efficiency", 2016 (arXiv:1610.05492); each later method's
+  module cites its paper.
 """
 
 from fedjax_comp.codecs.aggregation import (Aggregator, majority_vote,

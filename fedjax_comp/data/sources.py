@@ -39,7 +39,8 @@ def synthetic(alpha: float, beta: float, *, num_clients: int, seed: int,
                              sizes=sizes, test_fraction=test_fraction).materialize()
 
 
-def _cache_dir() -> pathlib.Path:
+def cache_dir() -> pathlib.Path:
+  """$FEDJAX_COMP_CACHE, or ~/.cache/fedjax_comp: generated datasets, compiled programs."""
   root = os.environ.get("FEDJAX_COMP_CACHE") or os.path.join(
       os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "fedjax_comp")
   return pathlib.Path(root)
@@ -66,7 +67,7 @@ def mnist1d(*, num_samples: int = 50_000, seed: int = 42, train_split: float = 0
   args = mnist1d_data.get_dataset_args()
   args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
   tag = hashlib.sha256(repr(sorted(vars(args).items())).encode()).hexdigest()[:16]
-  path = _cache_dir() / f"mnist1d_{tag}.npz"
+  path = cache_dir() / f"mnist1d_{tag}.npz"
   if cache and path.exists():
     arrays = dict(np.load(path))
   else:

@@ -33,7 +33,7 @@ def positive_x(xs: Sequence[float], ys: Sequence[float]) -> tuple[list, list, in
 
 
 def line_figure(series: Sequence[Series], *, xlabel: str, ylabel: str, title: str = "",
-                logx: bool = False) -> Figure:
+                logx: bool = False, logy: bool = False) -> Figure:
   """One line per ``(label, xs, ys)``; the caller saves (`line_plot`) or inspects it."""
   fig, ax = plt.subplots(figsize=(6, 4), dpi=120, layout="constrained")
   dropped = 0
@@ -42,6 +42,8 @@ def line_figure(series: Sequence[Series], *, xlabel: str, ylabel: str, title: st
       xs, ys, n = positive_x(xs, ys)
       dropped += n
     ax.plot(xs, ys, marker="." if len(xs) < 60 else None, label=label)
+  if logy:
+    ax.set_yscale("log")
   if logx:
     ax.set_xscale("log")
     if dropped:
@@ -64,9 +66,10 @@ def _save(fig: Figure, path: str | os.PathLike) -> None:
 
 
 def line_plot(path: str | os.PathLike, series: Sequence[Series], *, xlabel: str, ylabel: str,
-              title: str = "", logx: bool = False) -> None:
-  """`line_figure`, saved as a PNG at `path`."""
-  _save(line_figure(series, xlabel=xlabel, ylabel=ylabel, title=title, logx=logx), path)
+              title: str = "", logx: bool = False, logy: bool = False) -> None:
+  """`line_figure`, saved as a PNG at `path` (`logy`: values must be positive)."""
+  _save(line_figure(series, xlabel=xlabel, ylabel=ylabel, title=title, logx=logx, logy=logy),
+        path)
 
 
 def accuracy_vs_time(path: str | os.PathLike, curve: Mapping, *, logx: bool = False) -> None:
