@@ -72,19 +72,6 @@ CODECS = _flags.define(_parse.CodecList)
 MATCH = _flags.define(MatchConfig)
 
 
-def matched_mask_spec(spec: str, params) -> str:
-  """random_mask(p) whose per-client upload is as close as possible to `spec`'s."""
-  target = codecs.uplink_bits(codecs.parse(spec), params)
-  lo, hi = 1e-6, 1.0
-  for _ in range(60):  # bisection on p: bits are monotone in p
-    mid = (lo + hi) / 2
-    if codecs.uplink_bits(codecs.random_mask(p=mid), params) < target:
-      lo = mid
-    else:
-      hi = mid
-  return f"random_mask(p={float(f'{hi:.4g}')})"
-
-
 def slug(spec: str) -> str:
   return re.sub(r"[^A-Za-z0-9]+", "_", spec).strip("_") or "none"
 
@@ -99,7 +86,7 @@ def run(cfg: configs.FederatedConfig, specs: list[str], output_dir: str, *,
     model = models.get_model(cfg.train.model, data.input_shape, data.num_classes)
     params = jax.eval_shape(model.init, jax.random.key(0))
     try:
-      specs.append(matched_mask_spec(match_mask_to.strip(), params))
+      specs.append(codecs.matched_random_mask(match_mask_to.strip(), params))
     except ValueError as e:
       raise ValueError(f"--match_mask_to: {e}") from e
   out = pathlib.Path(output_dir)

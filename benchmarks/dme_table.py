@@ -110,7 +110,7 @@ def model_deltas(pool: int, seed: int) -> np.ndarray:
   update = fc.make_client_update(model.train_loss, optax.sgd(cfg.train.client_lr),
                                  fc.LocalSchedule(epochs=cfg.train.local_epochs,
                                                   batch_size=cfg.train.batch_size))
-  clients = data.clients
+  clients = jax.tree.map(jnp.asarray, data.clients)
   ids = np.flatnonzero(np.asarray(clients.num_examples) > 0)[:pool]
 
   @jax.jit

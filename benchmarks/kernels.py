@@ -8,6 +8,14 @@ r"""Compression kernels timed against a copy of the same array, in the same run.
 For each ``batch x dim`` shape in ``--shapes`` it times, on float32 data:
 
 * ``copy``: ``-x``, one read and one write of the array: the yardstick;
+* ``memcpy``: numpy's ``copyto`` into a preallocated array, and
+  ``copy_donated``: ``-x`` with its input donated, chained (the output
+  reuses the input's buffer). XLA's ``copy`` allocates a fresh output every
+  call, and on this machine first-touch page faults cap it at 2-3 GB/s for
+  16-64 MB arrays, against 12-27 GB/s for these two: every kernel's
+  ``ratio_to_best_copy`` divides by the faster of them;
+* ``fwht_donated``: the FWHT with its input donated, chained (it is an
+  involution), the same fresh-allocation cost removed;
 * ``fwht``: the orthonormal Walsh-Hadamard transform of every row;
 * ``rotate``: signs then FWHT (H D x), the codec's rotation;
 * ``quantize_pack/b``: stochastic quantization to b bits plus bit packing;

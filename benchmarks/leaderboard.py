@@ -140,13 +140,7 @@ def resolve(row: Row, params) -> str:
   """The row's codec spec, with ``@match:SPEC`` turned into the upload-matched random_mask."""
   if not row.codec.startswith("@match:"):
     return row.codec
-  target = codecs.uplink_bits(codecs.parse(row.codec[len("@match:"):]), params)
-  lo, hi = 1e-6, 1.0
-  for _ in range(60):  # bits are monotone in p
-    mid = (lo + hi) / 2
-    lo, hi = (mid, hi) if codecs.uplink_bits(codecs.random_mask(p=mid), params) < target else (
-        lo, mid)
-  return f"random_mask(p={float(f'{hi:.4g}')})"
+  return codecs.matched_random_mask(row.codec[len("@match:"):], params)
 
 
 def replay(history, cfg: configs.FederatedConfig, network: str, up: int, down: int):

@@ -7,6 +7,7 @@ hostile inputs); this file checks what is particular to each method.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -95,13 +96,18 @@ def test_lloyd_max_centroids_match_the_published_table():
   assert abs(eden_lib.unbiased_vnmse(4) - 0.0096) < 5e-5
 
 
-def _numpy_eden(x, bits, scale, rng):
-  """An independent EDEN in numpy: Sylvester Hadamard matrix, published centroids."""
-  d = x.size
+@functools.cache
+def _sylvester(d):
   h = np.ones((1, 1))
   while h.shape[0] < d:
     h = np.block([[h, h], [h, -h]])
-  h /= math.sqrt(d)
+  return h / math.sqrt(d)
+
+
+def _numpy_eden(x, bits, scale, rng):
+  """An independent EDEN in numpy: Sylvester Hadamard matrix, published centroids."""
+  d = x.size
+  h = _sylvester(d)
   half = {1: [0.7978845608], 2: [0.4527800399, 1.5104176087],
           4: [0.1283950167, 0.3880482345, 0.6567589958, 0.9423402689, 1.2562309480,
               1.6180460517, 2.0690167302, 2.7325888041]}[bits]
@@ -156,8 +162,9 @@ def test_eden_is_unbiased_within_the_trial_noise_at_a_large_dimension():
 
 def test_top_k_keeps_exactly_the_largest_and_ties_by_index():
   x = jnp.array([0.5, -3.0, 2.0, -2.0, 0.1, 2.0, 1.0])
-  mask = np.asarray(C.sparsification.top_k_mask(x, 3))
-  np.testing.assert_array_equal(mask, [False, True, True, True, False, False, False])
+  for select in (C.sparsification.top_k_mask, C.sparsification.top_k_mask_bisection):
+    mask = np.asarray(select(x, 3))
+    np.testing.assert_array_equal(mask, [False, True, True, True, False, False, False])
   big = jnp.asarray(np.random.default_rng(0).standard_normal(40), jnp.float32)
   for vec, spec, coding in ((x, "top_k(k=3)", "positions"), (big, "top_k(k=4)", "positions"),
                             (big, "top_k(k=20)", "bitmap")):

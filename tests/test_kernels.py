@@ -235,6 +235,11 @@ def test_measure_kernels_ratios_are_to_the_copy_of_the_same_run():
     for name, e in m.items():
       if name.endswith(f"@{shape}"):
         assert e["ratio_to_copy"] == pytest.approx(e["sec"] / copy_s)
+    best = min(m[f"memcpy@{shape}"]["sec"], m[f"copy_donated@{shape}"]["sec"])
+    for name, e in m.items():
+      if name.endswith(f"@{shape}"):
+        assert e["ratio_to_best_copy"] == pytest.approx(e["sec"] / best)
+    assert f"fwht_donated@{shape}" in m
   assert m["codec_roundtrip/1@1x128"]["bits_per_coordinate"] == (128 + 64) / 128
   assert len(logged) == len(m)
 

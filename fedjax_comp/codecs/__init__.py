@@ -76,7 +76,8 @@ from fedjax_comp.codecs.aggregation import (Aggregator, majority_vote,
 from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Structure, check_float,
                                      flatten_update, identity, map_leaves, per_leaf,
                                      static_field, unflatten_update)
-from fedjax_comp.codecs.bits import codec_input, dense_bits, payload_bits, uplink_bits
+from fedjax_comp.codecs.bits import (codec_input, dense_bits, matched_random_mask, payload_bits,
+                                     uplink_bits)
 from fedjax_comp.codecs.composition import chain
 from fedjax_comp.codecs.rotated_codes import RotatedCodes, drive, eden
 from fedjax_comp.codecs.feedback import ef, ef21
@@ -98,7 +99,8 @@ __all__ = [
     "Quantized", "RandK", "Rotated", "RotatedCodes", "Signs", "Sparse", "Structure",
     "Subsampled", "Ternary", "chain", "check_float", "codec_input", "dense_bits", "drive",
     "eden", "ef", "ef21", "flatten_update", "hadamard", "identity", "index_coding",
-    "is_unbiased", "kept_count", "low_rank", "majority_vote", "map_leaves", "mask_indices",
+    "is_unbiased", "kept_count", "low_rank", "majority_vote", "matched_random_mask",
+    "map_leaves", "mask_indices",
     "parse", "parse_stages", "payload_bits", "per_leaf", "population_running_mean",
     "powersgd", "qsgd", "quantize", "rand_k", "random_mask", "register", "sign",
     "static_field", "subsample", "terngrad", "top_k", "unflatten_update", "uplink_bits",

@@ -57,3 +57,19 @@ def payload_bits(payload: Payload) -> int:
 def dense_bits(params: Params) -> int:
   """Bits of `params` as 32-bit floats: the uncompressed reference."""
   return 32 * sum(int(np.prod(np.shape(l), dtype=np.int64)) for l in jax.tree.leaves(params))
+
+
+def matched_random_mask(spec: str, params: Params) -> str:
+  """The ``random_mask(p=...)`` spec whose upload for `params` is closest above `spec`'s.
+
+  Konečný et al.'s equal-upload comparison: bits are monotone in p, so a
+  bisection on p finds it (p printed to 4 significant digits).
+  """
+  from fedjax_comp.codecs.spec import parse  # pylint: disable=g-import-not-at-top
+  from fedjax_comp.codecs.structured import random_mask  # pylint: disable=g-import-not-at-top
+  target = uplink_bits(parse(spec), params)
+  lo, hi = 1e-6, 1.0
+  for _ in range(60):
+    mid = (lo + hi) / 2
+    lo, hi = (mid, hi) if uplink_bits(random_mask(p=mid), params) < target else (lo, mid)
+  return f"random_mask(p={float(f'{hi:.4g}')})"

@@ -12,10 +12,13 @@ way is smaller for (k, d), both known in advance (`index_coding`):
 * ``bitmap``: one bit per coordinate: ``32 * ceil(d / 32)`` bits, the values
   in index order.
 
-The k-th largest magnitude is found exactly by a counting bisection over
-the float's bits (`sampling.kth_largest`: 32 vectorized passes, no sort);
-ties at the threshold keep the lowest indices. `benchmarks.kernels`
-compares it with `lax.top_k` and `lax.approx_max_k`.
+The k largest magnitudes are selected exactly by `lax.top_k` (ties keep
+the lowest indices). `benchmarks.topk_selection` compared it with a
+counting bisection over the float's bits (exact, 2-5x slower on this CPU),
+`lax.approx_max_k` (no faster on a CPU) and a threshold from a 1% sample's
+quantile (1.3-2.4x a copy, but its count misses k by up to +30%, so a
+fixed-size payload would need an exact second pass); see
+docs/performance.md.
 
 rand_k keeps k coordinates drawn from the client's codec key, one per
 stratum of about d/k (`kernels.stratified_indices`), and rescales each by
@@ -103,7 +106,19 @@ def unpack_fields(words: jax.Array, width: int, k: int) -> jax.Array:
 
 
 def top_k_mask(x: jax.Array, k: int) -> jax.Array:
-  """bool [d]: exactly k coordinates of the largest |x| (ties at the threshold: lowest indices)."""
+  """bool [d]: exactly k coordinates of the largest |x| (ties at the threshold: lowest indices).
+
+  `lax.top_k` (stable: equal values keep index order); `benchmarks.topk_selection`
+  measured it 2-5x faster than a counting bisection on the float's bits.
+  """
+  _, idx = lax.top_k(jnp.abs(x), k)
+  return jnp.zeros(x.shape, bool).at[idx].set(True)
+
+
+def top_k_mask_bisection(x: jax.Array, k: int) -> jax.Array:
+  """`top_k_mask` by the exact k-th largest |x| from a counting bisection over the float's
+  32 bits (`sampling.kth_largest`: 32 vectorized passes, no sort); the alternative
+  `benchmarks.topk_selection` times."""
   mag = lax.bitcast_convert_type(jnp.abs(x), jnp.uint32)  # order-preserving for |x| >= 0
   t = kth_largest(mag, k)
   above = mag > t
