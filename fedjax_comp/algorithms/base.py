@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh
 
+from fedjax_comp.codecs.base import all_finite  # noqa: F401  (base.all_finite, for algorithms)
 from fedjax_comp.data.federated import ClientArrays
 from fedjax_comp.models import Params
 
@@ -139,12 +140,6 @@ def check_common(clients_per_round: int, client_chunk: int) -> None:
     raise ValueError(f"clients_per_round must be an integer >= 1, got {clients_per_round!r}")
   if not (isinstance(client_chunk, int) and client_chunk >= 1):
     raise ValueError(f"client_chunk must be an integer >= 1, got {client_chunk!r}")
-
-
-def all_finite(tree) -> jax.Array:
-  leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else (
-      jnp.bool_(True))
 
 
 def keep_if(finite: jax.Array, new, old):

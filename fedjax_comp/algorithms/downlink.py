@@ -84,7 +84,7 @@ class Downlink:
     key = downlink_key(old.seed_key, old.round)
     payload, _ = self.codec.encode(key, target, self.codec.init(target))
     change = self.codec.decode(key, payload)
-    ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(c)) for c in jax.tree.leaves(change)]))
+    ok = codecs.all_finite(change)
     # A non-finite decode (an overflowing codec) is not broadcast: the copy stays.
     return jax.tree.map(lambda h, c: jnp.where(ok, h + c.astype(jnp.float32), h),
                         old.downlink, change)

@@ -31,6 +31,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from fedjax_comp import codecs
+from fedjax_comp.codecs.base import all_finite  # noqa: F401  (the worker algorithms use it)
 from fedjax_comp import keys
 from fedjax_comp.batching import batch_of, padded_order, steps_per_epoch
 from fedjax_comp.data.federated import ClientArrays
@@ -157,10 +158,6 @@ def codec_mean(codec, key_round, seed_key, worker_ids, values, mesh):
   ckeys = worker_keys(seed_key, key_round, worker_ids, keys.Stream.CODEC)
   decoded = encode_decode(codec, ckeys, values)
   return jax.tree.map(lambda d: worker_mean(d.astype(jnp.float32), mesh), decoded)
-
-
-def all_finite(tree) -> jax.Array:
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def shard_run(body, mesh, state_specs, state, shards, num_steps):

@@ -73,9 +73,9 @@ References:
 
 from fedjax_comp.codecs.aggregation import (Aggregator, majority_vote,
                                             population_running_mean, weighted_mean)
-from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Structure, check_float,
-                                     flatten_update, identity, map_leaves, per_leaf,
-                                     static_field, unflatten_update)
+from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Structure, all_finite,
+                                     check_float, flatten_update, identity, map_leaves,
+                                     per_leaf, static_field, unflatten_update)
 from fedjax_comp.codecs.bits import (codec_input, dense_bits, matched_random_mask, payload_bits,
                                      uplink_bits)
 from fedjax_comp.codecs.composition import chain
@@ -94,7 +94,7 @@ from fedjax_comp.codecs.subsampling import Subsampled, kept_count, subsample
 from fedjax_comp.codecs.ternary import Signs, Ternary, sign, terngrad
 
 __all__ = [
-    "COMPOSITE_EXAMPLES", "REGISTRY", "Aggregator", "Codec", "CodecInfo", "CodecState",
+    "COMPOSITE_EXAMPLES", "REGISTRY", "Aggregator", "all_finite", "Codec", "CodecInfo", "CodecState",
     "Factors", "FlatMeta", "FlatRotated", "Frozen", "LowRank", "Masked", "Payload", "QSGDLeaf",
     "Quantized", "RandK", "Rotated", "RotatedCodes", "Signs", "Sparse", "Structure",
     "Subsampled", "Ternary", "chain", "check_float", "codec_input", "dense_bits", "drive",

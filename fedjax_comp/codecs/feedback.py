@@ -50,7 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_comp.codecs.aggregation import population_running_mean
-from fedjax_comp.codecs.base import Codec
+from fedjax_comp.codecs.base import Codec, all_finite
 from fedjax_comp.codecs.power_iteration import check_decay
 
 
@@ -74,7 +74,7 @@ def _inner(codec: Any, wrapper: str) -> Codec:
 
 
 def _all_nan_unless_finite(tree):
-  ok = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(tree)] or [True]))
+  ok = all_finite(tree)
   return jax.tree.map(lambda a: jnp.where(ok, a, jnp.nan), tree)
 
 
