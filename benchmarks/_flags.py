@@ -83,10 +83,17 @@ class Group:
         if kind in (int, float):
           self.parsers[f.name] = _parse_number(f.name, kind)
 
-  def config(self, **fixed):
-    """The validated config from the flags (`fixed` values win over flags)."""
+  def config(self, preset: dict | None = None, **fixed):
+    """The validated config from the flags.
+
+    `preset` values (a task's) replace the defaults of flags not given on the
+    command line; `fixed` values win over everything.
+    """
     values = {}
     for name, holder in self.holders.items():
+      if preset and name in preset and not flags.FLAGS[name].present:
+        values[name] = preset[name]
+        continue
       value = holder.value
       if name in self.parsers:
         value = self.parsers[name](value)

@@ -84,7 +84,7 @@ class LocalSchedule:
 def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                        schedule: LocalSchedule = LocalSchedule(), *,
                        structure: Structure | None = None,
-                       prox_mu: float = 0.0) -> ClientUpdateFn:
+                       prox_mu: float = 0.0, dropout: bool = False) -> ClientUpdateFn:
   """Builds the pure client update.
 
   Args:
@@ -100,6 +100,9 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       decodes with.
     prox_mu: FedProx's mu >= 0; the local objective gets mu/2 ||w - params||^2
       (0: plain local training, the same program as without it).
+    dropout: give every local step its own key as ``batch["rng"]`` (from the
+      client's DROPOUT stream, folded with the epoch and batch, or the step),
+      for a model whose loss has stochastic layers (``Model.stochastic``).
 
   Returns:
     ``client_update(params, client, key, correction=None) -> (delta,
@@ -120,6 +123,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     active_steps = jnp.where(n > 0, epochs * steps_per_epoch if local_steps is None
                              else local_steps, 0)
     data_key = keys.stream(key, keys.Stream.DATA_ORDER)
+    dropout_key = keys.stream(key, keys.Stream.DROPOUT) if dropout else None
     if structure is None:
       trainable, model_params = params, lambda z: z
     else:
@@ -144,10 +148,16 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     # structured codec's z (for random_mask, exactly the masked gradient).
     grad_fn = jax.value_and_grad(objective, has_aux=True)
 
-    def train_step(carry, idx, valid, active):
+    def train_step(carry, idx, valid, active, *step):
       p, opt_state, loss_sum = carry
       mask = valid & active
-      (_, loss), grads = grad_fn(p, {k: v[idx] for k, v in client.features.items()}, mask)
+      batch = {k: v[idx] for k, v in client.features.items()}
+      if dropout:
+        rng = dropout_key
+        for i in step:  # (epoch, batch) or (step,)
+          rng = jax.random.fold_in(rng, i)
+        batch["rng"] = rng
+      (_, loss), grads = grad_fn(p, batch, mask)
       if correction is not None:
         grads = jax.tree.map(jnp.add, grads, correction)
       updates, new_opt_state = optimizer.update(grads, opt_state, p)
@@ -175,7 +185,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
       def epoch(carry, e, order, first):
         def body(carry, b):
           idx, valid = batch_of(order, b, n, batch)
-          return train_step(carry, idx, valid, (b < steps_per_epoch) & (n > 0))
+          return train_step(carry, idx, valid, (b < steps_per_epoch) & (n > 0), e, b)
 
         if spe_max <= DYNAMIC_BATCHES:
           return lax.scan(lambda c, b: (body(c, b), None), carry,
@@ -189,7 +199,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
                               (jnp.int32(first), carry))[1]
 
       order = padded_order(data_key, 0, n, max_n, batch)
-      carry = train_step(init, *batch_of(order, 0, n, batch), n > 0)
+      carry = train_step(init, *batch_of(order, 0, n, batch), n > 0, 0, 0)
       carry = epoch(carry, 0, order, 1)
       carry, _ = lax.scan(
           lambda c, e: (epoch(c, e, padded_order(data_key, e, n, max_n, batch), 0), None),
@@ -197,7 +207,7 @@ def make_client_update(loss_fn: LossFn, optimizer: optax.GradientTransformation,
     else:
       def step(carry, s):
         idx, valid = minibatch(data_key, s, n, max_n, batch)
-        return train_step(carry, idx, valid, s < active_steps), None
+        return train_step(carry, idx, valid, s < active_steps, s), None
 
       carry, _ = step(init, 0)
       carry, _ = lax.scan(step, carry, jnp.arange(1, local_steps), unroll=2)

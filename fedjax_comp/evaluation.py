@@ -29,10 +29,12 @@ def _evaluate(eval_metrics, params, features, mask):
 
 
 def batch_for_eval(split: Examples | Mapping[str, np.ndarray],
-                   batch_size: int = 1000) -> EvalBatches:
+                   batch_size: int = 1000, *, by_client: bool = False) -> EvalBatches:
   """Pads and reshapes a split (an `Examples`, or a dict of features) into batches.
 
-  Padded examples have ``mask`` False and count in no metric.
+  Padded examples have ``mask`` False and count in no metric. With
+  `by_client`, the `Examples`' ``groups`` (each example's client) come
+  along as dense ids in ``"groups"``, for per-client metrics (`evaluate`).
   """
   features = ({"x": split.x, "y": split.y} if isinstance(split, Examples)
               else {k: np.asarray(v) for k, v in split.items()})
@@ -48,10 +50,50 @@ def batch_for_eval(split: Examples | Mapping[str, np.ndarray],
     v = np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)])
     out[k] = jnp.asarray(v.reshape(*shape, *v.shape[1:]))
   out["mask"] = jnp.asarray((np.arange(num_batches * batch_size) < n).reshape(shape))
+  if by_client:
+    if not isinstance(split, Examples) or split.groups is None:
+      raise ValueError("batch_for_eval(by_client=True) needs Examples with groups")
+    _, dense_ids = np.unique(np.asarray(split.groups), return_inverse=True)
+    out.num_groups = int(dense_ids.max()) + 1
+    g = np.concatenate([dense_ids, np.zeros(pad, dense_ids.dtype)]).astype(np.int32)
+    out["groups"] = jnp.asarray(g.reshape(shape))
   return out
 
 
 def evaluate(model: Model, params: Params, batches: EvalBatches) -> dict[str, jax.Array]:
-  """The model's metrics (e.g. ``accuracy``, ``loss``) over batches from `batch_for_eval`."""
-  features = {k: v for k, v in batches.items() if k != "mask"}
-  return _evaluate(model.eval_metrics, params, features, batches["mask"])
+  """The model's metrics (e.g. ``accuracy``, ``loss``) over batches from `batch_for_eval`.
+
+  With a ``groups`` entry (`batch_for_eval(..., by_client=True)`), each
+  metric ``m`` also comes as ``m_per_client``: the unweighted mean over
+  clients of each client's own metric (clients that count nothing are left
+  out), beside the example-weighted ``m``.
+  """
+  features = {k: v for k, v in batches.items() if k not in ("mask", "groups")}
+  if "groups" not in batches:
+    return _evaluate(model.eval_metrics, params, features, batches["mask"])
+  return _evaluate_grouped(model.eval_metrics, batches.num_groups, params, features,
+                           batches["mask"], batches["groups"])
+
+
+@functools.partial(jax.jit, static_argnames=("eval_metrics", "num_groups"))
+def _evaluate_grouped(eval_metrics, num_groups, params, features, mask, groups):
+  # Each example's (total, count) from a batch of one, vmapped, then summed per client.
+  per_example = jax.vmap(lambda f, m: eval_metrics(params, jax.tree.map(lambda a: a[None], f),
+                                                   m[None]))
+
+  def batch_sums(acc, batch):
+    feats, m, g = batch
+    sums = per_example(feats, m)
+    return jax.tree.map(lambda a, s: a + jax.ops.segment_sum(s, g, num_groups), acc, sums), None
+
+  zeros = jax.tree.map(lambda s: jnp.zeros((num_groups,), jnp.float32),
+                       jax.eval_shape(per_example, *jax.tree.map(lambda a: a[0],
+                                                                 (features, mask))))
+  sums, _ = jax.lax.scan(batch_sums, zeros, (features, mask, groups))
+  out = {}
+  for name, (total, count) in sums.items():
+    out[name] = jnp.sum(total) / jnp.maximum(jnp.sum(count), 1)
+    counted = count > 0
+    out[f"{name}_per_client"] = (jnp.sum(jnp.where(counted, total / jnp.maximum(count, 1), 0.0))
+                                 / jnp.maximum(jnp.sum(counted), 1))
+  return out

@@ -106,7 +106,8 @@ def fed_avg(model: Model, client_optimizer: optax.GradientTransformation,
   chunk = client_chunk or model.default_chunk(jax.default_backend())
   base.check_common(clients_per_round, chunk)
   client_update = make_client_update(model.train_loss, client_optimizer, schedule,
-                                     structure=codec.structure, prox_mu=prox_mu)
+                                     structure=codec.structure, prox_mu=prox_mu,
+                                     dropout=model.stochastic)
   abstract_params = jax.eval_shape(model.init, jax.random.key(0))
   stateful, init_row = codec_row(codec, abstract_params)
   aggregator = codec.aggregator or codecs.weighted_mean()

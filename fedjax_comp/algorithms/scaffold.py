@@ -85,7 +85,8 @@ def scaffold(model: Model, client_lr: float, server_optimizer: optax.GradientTra
                      f"({codec.aggregator.name}) is not supported")
   chunk = client_chunk or model.default_chunk(jax.default_backend())
   base.check_common(clients_per_round, chunk)
-  client_update = make_client_update(model.train_loss, optax.sgd(client_lr), schedule)
+  client_update = make_client_update(model.train_loss, optax.sgd(client_lr), schedule,
+                                     dropout=model.stochastic)
 
   def init(seed: int) -> ScaffoldState:
     s = base.init_server_state(seed, model.init, server_optimizer)

@@ -14,7 +14,8 @@ import math
 from typing import Any
 
 from fedjax_comp.algorithms import ALGORITHMS, SERVER_OPTIMIZERS
-from fedjax_comp.data import DATASETS, PARTITIONS
+from fedjax_comp.data import DATASETS, FILE_DATASETS, PARTITIONS
+from fedjax_comp.experiment.tasks import TASKS
 
 STORES = ("auto", "device", "host")
 NETWORKS = ("none", "datacenter", "wifi", "cellular")
@@ -51,7 +52,9 @@ def _choice(flag, value, valid):
 class DataConfig:
   """Which clients: a dataset, how it is split, and where the clients live."""
 
-  dataset: str = knob("mnist1d", "Dataset: " + ", ".join(DATASETS) + ".")
+  dataset: str = knob("mnist1d", "Dataset: " + ", ".join(DATASETS) + "; or read from the "
+                      "published files in --data_dir (natural clients; --partition and "
+                      "--num_clients are then the files'): " + ", ".join(FILE_DATASETS) + ".")
   partition: str = knob("dirichlet", "How to split the train set into clients: "
                         + ", ".join(PARTITIONS) + ".")
   num_clients: int = knob(2000, "Number of clients.")
@@ -64,14 +67,19 @@ class DataConfig:
   synthetic_sizes: str = knob("capped", "Synthetic client sizes: capped (lognormal in "
                               "[10, 250]), fedprox (FedProx's lognormal(4, 2) + 50) or heavy "
                               "(lognormal, mean ~50, uncapped).")
-  data_dir: str | None = knob(None, "TFDS data_dir for the image datasets.")
+  data_dir: str | None = knob(None, "The folder holding a file dataset's files, or TFDS's "
+                              "data_dir for the image datasets.")
+  test_clients: int | None = knob(None, "File datasets: evaluate on a seeded sample of this "
+                                  "many test clients (default: all of them).")
   client_store: str = knob("auto", "Where the population lives: device (padded, on the "
                            "accelerator), host (ragged, a cohort sent per round) or auto "
                            "(device while it fits its memory budget).")
 
   def __post_init__(self):
-    if self.dataset.split("/")[0].split(":")[0] not in DATASETS:
-      raise ValueError(f"unknown --dataset {self.dataset!r}; valid: {', '.join(DATASETS)}")
+    if self.dataset.split("/")[0].split(":")[0] not in DATASETS + FILE_DATASETS:
+      raise ValueError(f"unknown --dataset {self.dataset!r}; valid: "
+                       f"{', '.join(DATASETS + FILE_DATASETS)}")
+    _int("test_clients", self.test_clients, 1, none_ok=True)
     _choice("partition", self.partition, PARTITIONS)
     _int("num_clients", self.num_clients, 1)
     _positive("dirichlet_alpha", self.dirichlet_alpha)
@@ -101,6 +109,12 @@ class TrainConfig:
   server_optimizer: str = knob("fedavg", "Server optimizer on the pseudo-gradient -H: "
                                + ", ".join(SERVER_OPTIMIZERS) + ".")
   server_lr: float = knob(1.0, "Server learning rate.")
+  server_eps: float | None = knob(None, "Adaptive server optimizers' epsilon (Reddi et al.'s "
+                                  "tau; default 1e-3).")
+  server_beta2: float | None = knob(None, "fedadam/fedyogi's beta2 (default 0.99).")
+  task: str = knob("none", "A published protocol's preset (fedjax_comp.experiment.tasks): "
+                   + ", ".join(TASKS) + "; sets the dataset, model, clients, batch, epochs, "
+                   "rounds and learning rates (flags given win).")
   fedprox_mu: float | None = knob(None, "FedProx's proximal weight mu >= 0 "
                                   "(--algorithm=fedprox; default 0.01).")
   codec: str = knob("none", "Uplink codec spec, e.g. 'hadamard,quantize(bits=2)' or "
@@ -129,6 +143,12 @@ class TrainConfig:
     _positive("client_lr", self.client_lr)
     _choice("server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
     _positive("server_lr", self.server_lr)
+    if self.server_eps is not None:
+      _positive("server_eps", self.server_eps)
+    if self.server_beta2 is not None and not (isinstance(self.server_beta2, (int, float))
+                                              and 0 <= self.server_beta2 < 1):
+      _fail("server_beta2", "a number in [0, 1)", self.server_beta2)
+    _choice("task", self.task, ("none",) + tuple(TASKS))
     if self.fedprox_mu is not None:
       if not (isinstance(self.fedprox_mu, (int, float)) and math.isfinite(self.fedprox_mu)
               and self.fedprox_mu >= 0):

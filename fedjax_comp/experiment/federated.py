@@ -26,10 +26,11 @@ from fedjax_comp import algorithms, codecs, evaluation, models, sharding
 from fedjax_comp.algorithms import engine
 from fedjax_comp.client_update import LocalSchedule
 from fedjax_comp.data import federated, lazy
+from fedjax_comp.data.federated_files import FILE_DATASETS, FileDataset
 from fedjax_comp.data.host_store import HostStore
 from fedjax_comp.data.stores import DeviceStore, memory_budget, row_stack_shapes, tree_bytes
 from fedjax_comp.experiment import clock as clock_lib
-from fedjax_comp.experiment import loop, results
+from fedjax_comp.experiment import loop, results, tasks
 from fedjax_comp.experiment.configs import FederatedConfig
 
 
@@ -62,7 +63,8 @@ class Experiment:
     up = self.algorithm.uplink_bits(sharding.fetch(self.state.params))
     dense = codecs.dense_bits(sharding.fetch(self.state.params))
     lines = [
-        f"{d.dataset}/{d.partition}: {self.data.num_clients} clients, {int(sizes.sum())} train "
+        f"{d.dataset}/{'natural' if isinstance(self.data, FileDataset) else d.partition}: "
+        f"{self.data.num_clients} clients, {int(sizes.sum())} train "
         f"/ {len(self.data.test.y)} test examples; {t.model} "
         f"({models.num_params(self.state.params):,} params); {t.algorithm}, "
         f"{t.clients_per_round} clients/round, chunk {self.chunk_used()}, "
@@ -87,10 +89,13 @@ class Experiment:
     return lines
 
 
-def load_data(cfg: FederatedConfig):
+def load_data(cfg: FederatedConfig, say=None):
   """The experiment's clients: a `FederatedDataset`, or for Synthetic(alpha, beta) with
   natural clients a `lazy.LazyDataset` (clients generated when sampled)."""
   d = cfg.data
+  if d.dataset.partition(":")[0] in FILE_DATASETS:
+    return FileDataset(d.dataset, d.data_dir, max_examples=d.max_examples,
+                       test_clients=d.test_clients, seed=cfg.train.seed, say=say)
   if d.dataset in ("synthetic", "synthetic_iid") and d.partition == "natural":
     iid = d.dataset == "synthetic_iid"
     population = lazy.SyntheticPopulation(
@@ -134,7 +139,7 @@ def _raw_sizes(data):
   """Examples per client before the cap."""
   if hasattr(data, "client_indices"):
     return np.array([len(ix) for ix in data.client_indices], np.int64)
-  return data.population.sizes()
+  return data.ragged().sizes()
 
 
 def _store(cfg, data, algorithm, params, mesh, say=None):
@@ -174,10 +179,14 @@ def setup(cfg: FederatedConfig, *, say: Callable[[str], None] | None = print) ->
     codec = codecs.parse(t.codec)
   except ValueError as e:
     raise ValueError(f"--codec: {e}") from e
-  if t.clients_per_round > cfg.data.num_clients:
+  file_data = cfg.data.dataset.partition(":")[0] in FILE_DATASETS
+  if t.clients_per_round > cfg.data.num_clients and not file_data:
     raise ValueError(f"--clients_per_round must be in [1, num_clients="
                      f"{cfg.data.num_clients}], got {t.clients_per_round}")
-  data = load_data(cfg)
+  data = load_data(cfg, say)
+  if t.clients_per_round > data.num_clients:
+    raise ValueError(f"--clients_per_round must be in [1, {data.num_clients}] (the clients "
+                     f"of {cfg.data.dataset}), got {t.clients_per_round}")
   model = models.get_model(t.model, data.input_shape, data.num_classes)
   devices = jax.device_count()
   if t.reproducible:  # fixed-order sums split the cohort into a power-of-two number of blocks
@@ -187,14 +196,15 @@ def setup(cfg: FederatedConfig, *, say: Callable[[str], None] | None = print) ->
   chunk = t.client_chunk or heavy_tail_chunk(data, jax.default_backend(), say)
   algorithm = algorithms.build(
       t.algorithm, model, client_lr=t.client_lr,
-      server_optimizer=algorithms.server_optimizer(t.server_optimizer, t.server_lr),
+      server_optimizer=algorithms.server_optimizer(t.server_optimizer, t.server_lr,
+                                                   eps=t.server_eps, beta2=t.server_beta2),
       schedule=LocalSchedule(epochs=t.local_epochs, batch_size=t.batch_size,
                              steps=t.local_steps),
       clients_per_round=t.clients_per_round, codec=codec, client_chunk=chunk,
       mesh=mesh, reproducible=t.reproducible, **t.hparams())
   state = sharding.replicate(algorithm.init(t.seed), mesh)  # on the mesh: no per-call reshard
   rounds, store, reason = _store(cfg, data, algorithm, sharding.fetch(state.params), mesh, say)
-  batches = evaluation.batch_for_eval(data.test)
+  batches = evaluation.batch_for_eval(data.test, by_client=file_data)
   net = cfg.network.model()
   clock = clock_lib.RoundClock(net, data.num_clients, t.seed) if net is not None else None
   exp = Experiment(cfg=cfg, data=data, model=model, codec=codec, algorithm=algorithm,
@@ -224,7 +234,18 @@ def summary(exp: Experiment, history: loop.History) -> dict[str, Any]:
   params = sharding.fetch(exp.state.params)
   target = exp.cfg.network.target_accuracy
   up = exp.algorithm.uplink_bits(params)
+  task = {}
+  if exp.cfg.train.task != "none":
+    spec = tasks.get_task(exp.cfg.train.task)
+    task = {"task": spec.name,
+            "reference_accuracy": spec.reference_accuracy.get(exp.cfg.train.server_optimizer),
+            "reference_source": spec.reference_source}
+    if exp.evaluate is not None and history.evals:
+      last = history.evals[-1]
+      task.update(final_accuracy=last.get("accuracy"),
+                  final_accuracy_per_client=last.get("accuracy_per_client"))
   return {
+      **task,
       "algorithm": exp.algorithm.name, "codec": exp.cfg.train.codec,
       "compression_ratio": codecs.dense_bits(params) / up,
       "downlink_codec": exp.cfg.train.downlink_codec,

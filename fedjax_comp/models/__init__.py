@@ -9,6 +9,9 @@ name           model
 ``cnn``        McMahan et al. 2017's CNN (`vision`)
 ``cifar_cnn``  a small CIFAR CNN (`vision`)
 ``char_lstm``  a character-level LSTM language model (`lstm`)
+``emnist_cr``, ``emnist_dense``, ``shakespeare_lstm``, ``stackoverflow_lstm``,
+``stackoverflow_transformer``, ``cifar100_resnet18``: the published
+               benchmark models, with their parameter counts (`published`)
 =============  ==========================================================
 
 Adding a model: a function ``build(input_shape, num_classes) -> Model`` (for
@@ -21,7 +24,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 
-from fedjax_comp.models import lstm, vision
+from fedjax_comp.models import lstm, published, vision
 from fedjax_comp.models.base import (Batch, MetricSums, Model, Params, classification,
                                      next_token, num_params)
 from fedjax_comp.models.layers import Dense, PatchConv, dense, max_pool_2x2
@@ -43,7 +46,14 @@ def register(name: str, build: Builder) -> None:
 
 for _name, _build in (("logistic", vision.logistic), ("mlp", vision.mlp),
                       ("2nn", vision.two_nn), ("cnn", vision.cnn),
-                      ("cifar_cnn", vision.cifar_cnn), ("char_lstm", lstm.char_lstm)):
+                      ("cifar_cnn", vision.cifar_cnn), ("char_lstm", lstm.char_lstm),
+                      ("emnist_cr", published.emnist_cr),
+                      ("emnist_dense", lambda s, c: vision.two_nn(s, c)._replace(
+                          name="emnist_dense")),
+                      ("shakespeare_lstm", published.shakespeare_lstm),
+                      ("stackoverflow_lstm", published.stackoverflow_lstm),
+                      ("stackoverflow_transformer", published.stackoverflow_transformer),
+                      ("cifar100_resnet18", published.cifar100_resnet18)):
   register(_name, _build)
 MODELS = tuple(_REGISTRY)  # the built-in models
 

@@ -47,6 +47,7 @@ class Model(NamedTuple):
   num_classes: int  # classes, or the vocabulary size of a sequence model
   cpu_chunk: int = 1  # clients per vmapped block of the round on a CPU
   gpu_chunk: int = 64  # ... on an accelerator
+  stochastic: bool = False  # train_loss reads a dropout key from batch["rng"] when given
 
   def default_chunk(self, backend: str) -> int:
     """A good `client_chunk` for this model on `backend` ("cpu", "gpu", "tpu")."""

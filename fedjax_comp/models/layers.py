@@ -63,21 +63,25 @@ class Dense(nn.Module):
     return y.reshape(*x.shape[:-1], self.features)
 
 
-def _same_patches(x: jax.Array, kh: int, kw: int) -> jax.Array:
-  """[N, H, W, C] -> [N, H, W, kh*kw*C] "same" patches, features ordered (i, j, c).
+def _patches(x: jax.Array, kh: int, kw: int, padding: str = "SAME") -> jax.Array:
+  """[N, H, W, C] -> [N, H', W', kh*kw*C] patches, features ordered (i, j, c).
 
-  Built from kh*kw shifted slices rather than `lax.conv_general_dilated_patches`:
-  autodiff then transposes it into pads and adds (a cheap col2im) instead of a
-  grouped convolution, which XLA's CPU backend runs about 3x slower. The
-  slices are stacked on the axis before the channels, so each one is written
-  (and its gradient read) as runs of C contiguous floats; stacked on the last
-  axis they would be strided one float at a time, and building the patches
-  and their gradient took a quarter of the CNN round.
+  ``SAME`` pads so that H' = H, W' = W; ``VALID`` takes only whole windows
+  (H' = H - kh + 1). Built from kh*kw shifted slices rather than
+  `lax.conv_general_dilated_patches`: autodiff then transposes it into pads
+  and adds (a cheap col2im) instead of a grouped convolution, which XLA's CPU
+  backend runs about 3x slower. The slices are stacked on the axis before
+  the channels, so each one is written (and its gradient read) as runs of C
+  contiguous floats; stacked on the last axis they would be strided one
+  float at a time, and building the patches and their gradient took a
+  quarter of the CNN round.
   """
   n, h, w, c = x.shape
-  padded = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
-  shifted = [padded[:, i:i + h, j:j + w, :] for i in range(kh) for j in range(kw)]
-  return jnp.stack(shifted, axis=-2).reshape(n, h, w, kh * kw * c)
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2), (0, 0)))
+  oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  shifted = [x[:, i:i + oh, j:j + ow, :] for i in range(kh) for j in range(kw)]
+  return jnp.stack(shifted, axis=-2).reshape(n, oh, ow, kh * kw * c)
 
 
 def max_pool_2x2(x: jax.Array) -> jax.Array:
@@ -96,7 +100,7 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
 
 class PatchConv(nn.Module):
-  """A "same"-padded, stride-1 convolution as image patches times a matrix (im2col).
+  """A stride-1 convolution ("SAME" or "VALID" padding) as image patches times a matrix (im2col).
 
   Same parameters (``kernel`` [kh, kw, in, out], ``bias``) and outputs as
   `flax.linen.Conv`, up to float summation order. Why: inside the round's
@@ -108,6 +112,8 @@ class PatchConv(nn.Module):
 
   features: int
   kernel_size: tuple[int, int]
+  padding: str = "SAME"
+  use_bias: bool = True
 
   @nn.compact
   def __call__(self, x):
@@ -115,6 +121,10 @@ class PatchConv(nn.Module):
     channels = x.shape[-1]
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (kh, kw, channels, self.features))
-    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,))
-    patches = _same_patches(x, kh, kw)
-    return patches @ kernel.reshape(kh * kw * channels, self.features) + bias
+    if self.padding not in ("SAME", "VALID"):
+      raise ValueError(f"PatchConv: padding must be SAME or VALID, got {self.padding!r}")
+    patches = _patches(x, kh, kw, self.padding)
+    out = patches @ kernel.reshape(kh * kw * channels, self.features)
+    if not self.use_bias:
+      return out
+    return out + self.param("bias", nn.initializers.zeros_init(), (self.features,))
