@@ -39,8 +39,17 @@ from benchmarks._timing import Pair, seconds
 
 # Synthetic inputs per model: MNIST-1D-like vectors, MNIST-like and CIFAR-like images.
 INPUT_SHAPES = {"logistic": (40,), "mlp": (40,), "2nn": (28, 28), "cnn": (28, 28),
-                "cifar_cnn": (32, 32, 3)}
+                "cifar_cnn": (32, 32, 3),
+                # The published benchmark models, on their tasks' shapes.
+                "emnist_cr": (28, 28, 1), "shakespeare_lstm": (80,),
+                "stackoverflow_lstm": (20,), "stackoverflow_transformer": (20,),
+                "cifar100_resnet18": (32, 32, 3)}
 NUM_CLASSES = 10
+# Classes (or vocabulary) of the models not measured on NUM_CLASSES; token models get
+# random ids in [3, classes) as inputs and targets.
+CLASSES = {"emnist_cr": 62, "shakespeare_lstm": 90, "stackoverflow_lstm": 10_004,
+           "stackoverflow_transformer": 10_004, "cifar100_resnet18": 100}
+TOKEN_MODELS = ("shakespeare_lstm", "stackoverflow_lstm", "stackoverflow_transformer")
 CLIENT_LR = 0.01
 
 
@@ -56,10 +65,15 @@ def device_budget() -> int:
 
 
 def synthetic_clients(num_clients: int, examples: int, shape: tuple[int, ...],
-                      seed: int) -> fc.ClientArrays:
+                      seed: int, classes: int = NUM_CLASSES,
+                      tokens: bool = False) -> fc.ClientArrays:
   rng = np.random.default_rng(seed)
-  x = rng.standard_normal((num_clients, examples, *shape), np.float32)
-  y = rng.integers(0, NUM_CLASSES, (num_clients, examples)).astype(np.int32)
+  if tokens:
+    x = rng.integers(3, classes, (num_clients, examples, *shape)).astype(np.int32)
+    y = rng.integers(3, classes, (num_clients, examples, *shape)).astype(np.int32)
+  else:
+    x = rng.standard_normal((num_clients, examples, *shape), np.float32)
+    y = rng.integers(0, classes, (num_clients, examples)).astype(np.int32)
   return fc.ClientArrays(features={"x": x, "y": y},
                          num_examples=np.full((num_clients,), examples, np.int32))
 
@@ -105,11 +119,13 @@ def setup(model_name: str, num_clients: int, *, examples: int = 20, batch_size: 
   if model_name not in INPUT_SHAPES:
     raise ValueError(f"unknown model {model_name!r}; valid: {', '.join(INPUT_SHAPES)}")
   shape = INPUT_SHAPES[model_name]
-  model = fc.get_model(model_name, shape, NUM_CLASSES)
+  classes = CLASSES.get(model_name, NUM_CLASSES)
+  model = fc.get_model(model_name, shape, classes)
   chunk = chunk or model.default_chunk(jax.default_backend())
   mesh = fc.clients_mesh() if jax.device_count() > 1 else None
   schedule = fc.LocalSchedule(batch_size=batch_size, steps=local_steps)
-  host_clients = synthetic_clients(num_clients, examples, shape, seed)
+  host_clients = synthetic_clients(num_clients, examples, shape, seed, classes,
+                                   model_name in TOKEN_MODELS)
   return RoundSetup(model, schedule, host_clients, fc.DeviceStore(host_clients, mesh=mesh),
                     mesh, chunk, seed, build_fed_avg(model, schedule, 1, chunk, None))
 

@@ -48,10 +48,14 @@ from absl import flags  # noqa: E402
 from benchmarks import _flags  # noqa: E402
 from benchmarks import _throughput_setup as subjects  # noqa: E402
 from benchmarks._timing import seconds  # noqa: E402
-from fedjax_comp.experiment import configs, federated, results  # noqa: E402
+from fedjax_comp.experiment import configs, federated, results, tasks  # noqa: E402
 
 _OUT = flags.DEFINE_string("out", "results/device_bench", "Directory for device_bench.json.")
 _QUICK = flags.DEFINE_bool("quick", False, "Tiny sizes: a smoke test of the script on a CPU.")
+_PRESET = flags.DEFINE_string("preset", None, "Run only this --task preset (e.g. "
+                              "emnist_character) from the files in --preset_data_dir.")
+_PRESET_DIR = flags.DEFINE_string("preset_data_dir", None, "The preset's files (--data_dir).")
+_PRESET_ROUNDS = flags.DEFINE_integer("preset_rounds", 50, "Rounds of the preset to time.")
 
 # Candidate chunks per model on an accelerator; the sweep keeps the fastest.
 _GPU_CHUNKS = {
@@ -106,6 +110,20 @@ def main_job(cfg: dict, quick: bool, out_dir: pathlib.Path, store: str = "auto")
   return out
 
 
+def preset_run(name: str, data_dir: str, rounds: int, out_dir: pathlib.Path) -> dict:
+  """`rounds` rounds of a `--task` preset (no simulated clock), evaluated once at the end."""
+  data, train = tasks.get_task(name).values()
+  knobs = {**data, **train, "task": name, "data_dir": data_dir, "rounds": rounds,
+           "eval_every": rounds, "network": "none"}
+  fed = configs.FederatedConfig().replace(**knobs)
+  run_dir = out_dir / f"preset_{name}"
+  federated.run(fed, str(run_dir), say=print)
+  m = results.read_result(run_dir)["metrics"]
+  return {k: m.get(k) for k in ("rounds", "rounds_per_sec", "client_updates_per_sec",
+                                "compile_s", "final_accuracy", "final_accuracy_per_client",
+                                "client_store", "num_params", "data_wait_s_per_round")}
+
+
 def gpu_description() -> str | None:
   try:
     return subprocess.run(
@@ -141,6 +159,11 @@ def main() -> int:
     tmp.write_text(json.dumps(report, indent=1, default=float))
     os.replace(tmp, path)
 
+  if _PRESET.value:
+    section(f"preset_{_PRESET.value}", lambda: preset_run(
+        _PRESET.value, _PRESET_DIR.value, _PRESET_ROUNDS.value, out_dir))
+    print(f"wrote {path}; errors in: {sorted(report['errors']) or 'none'}")
+    return 1 if report["errors"] else 0
   section("chunk_sweep", lambda: chunk_sweep(chunks, cfg["sweep_size"], cfg["repeats"], print))
   best = {m: e["best_chunk"] for m, e in report["sections"].get("chunk_sweep", {}).items()}
   section("throughput", lambda: {

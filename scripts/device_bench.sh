@@ -12,7 +12,14 @@
 #   FEDJAX_COMP_CACHE=.device_cache .venv/bin/python -c \
 #       "from fedjax_comp.data import sources; sources.mnist1d()"
 #
-# then run this with carry=[".whl", ".device_cache"]. On a CPU,
+# then run this with carry=[".whl", ".device_cache"]. One published protocol
+# instead (its files placed in a folder the run carries, e.g. .fl_data/):
+#
+#   scripts/device_bench.sh --preset=emnist_character --preset_data_dir=.fl_data \
+#       --preset_rounds=50
+#
+# times 50 rounds of the preset (rounds/s, client updates/s, compile time)
+# into the same JSON. On a CPU,
 # `scripts/device_bench.sh --quick` is the smoke test (tests/test_device_bench.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -45,3 +45,27 @@ def test_refuses_stray_arguments(tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (
       "device_bench: error: unexpected positional arguments: extra (flags are written "
       "--name=value)")
+
+
+def test_preset_run_times_a_published_protocol_from_placed_files(tmp_path):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from fedjax_comp.data import formats  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  data = tmp_path / "fl_data"
+  data.mkdir()
+  for split in ("train", "test"):
+    formats.write_fedjax_sqlite(data / f"federated_emnist_{split}.sqlite", {
+        f"f{i:04d}_00": {"pixels": rng.random((3, 28, 28)).astype(np.float32),
+                         "label": rng.integers(0, 62, 3).astype(np.int32)} for i in range(10)})
+  env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path / "out"),
+         "FEDJAX_COMP_CPU_DEVICES": "1"}
+  env.pop("XLA_FLAGS", None)
+  out = subprocess.run(["bash", str(ROOT / "scripts" / "device_bench.sh"),
+                        "--preset=emnist_character", f"--preset_data_dir={data}",
+                        "--preset_rounds=1"],
+                       capture_output=True, text=True, env=env, timeout=600, check=False)
+  assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+  report = json.loads((tmp_path / "out" / "device_bench.json").read_text())
+  section = report["sections"]["preset_emnist_character"]
+  assert report["errors"] == {} and section["rounds"] == 1
+  assert section["num_params"] == 1_206_590 and section["client_updates_per_sec"] > 0

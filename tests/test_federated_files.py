@@ -349,3 +349,26 @@ def test_tff_sqlite_parses_tf_examples_without_tensorflow(tmp_path):
     list(tff_sqlite.read_tff_sqlite(tmp_path / "cifar100.sqlite", "train", {"pixels": (28, 28)}))
   with pytest.raises(FileNotFoundError, match="emnist_all.sqlite.*tff-datasets-public.*unxz"):
     federated_files.FileDataset("emnist_tff", tmp_path)
+
+
+def test_file_scale_runner_builds_maps_and_feeds_cohorts(tmp_path):
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  common = ["--so_fraction=0.0005", f"--so_dir={tmp_path}", "--so_rounds=3"]
+  out = {}
+  for phase in ("build", "open", "pipeline"):
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.file_scale", f"--so_phase={phase}",
+                           *common], cwd=root, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "FEDJAX_COMP_CPU_DEVICES": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out[phase] = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert out["build"]["clients"] == round(342_477 * 0.0005)
+  cache = next((tmp_path / ".fedjax_comp_cache").glob("so_scale-*"))
+  pop = file_cache.load_cache(cache)
+  assert int(pop.offsets[-1]) == out["build"]["examples"]
+  assert pop.features["x"].shape[1:] == (20,) and int(pop.features["x"][0, 0]) == text.BOS
+  np.testing.assert_array_equal(pop.features["x"][:, 1:], pop.features["y"][:, :-1])
+  # 50 clients a round, each capped at 1,000 examples.
+  assert 50 <= out["pipeline"]["examples_per_round"] <= 50 * 1000
+  assert out["pipeline"]["pipeline_examples_per_s"] > 0
