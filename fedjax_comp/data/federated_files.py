@@ -25,6 +25,9 @@ than memory costs only the cohorts it sends.
 ``client_npz``        train/<client>.npz, test/<client>.npz         yours (x, y)
 ==================== ============================================ ==================
 
+Your own clients in memory: `FileDataset.from_clients(train, test)` with
+``{client id: {"x": ..., "y": ...}}`` mappings (or ``client_npz`` files).
+
 Train and test splits are federated: the same writers (or roles) hold
 examples in both. `FileDataset.test` is the test split of every test
 client (or of a seeded sample of ``test_clients`` of them), with each
@@ -43,12 +46,13 @@ import dataclasses
 import functools
 import os
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
 from fedjax_comp.data import file_cache, formats, text, tff_sqlite
 from fedjax_comp.data.examples import Examples
+from fedjax_comp.data.ragged import RaggedClients
 
 FEDJAX_URL = "https://storage.googleapis.com/gresearch/fedjax"
 TFF_URL = "https://storage.googleapis.com/tff-datasets-public"
@@ -236,14 +240,51 @@ class FileDataset:
 
   def __init__(self, dataset: str, data_dir, *, max_examples: int | None = None,
                test_clients: int | None = None, seed: int = 0, say=None):
-    self.name, self.max_examples = dataset, max_examples
     prepared = prepare(dataset, data_dir, say)
     if say and prepared.note:
       say(f"{dataset}: {prepared.note}")
-    self.note = prepared.note
-    self.train_population = read_split(dataset, data_dir, "train", say, prepared)
-    self.test_population = read_split(dataset, data_dir, "test", say, prepared)
-    for split, pop in (("train", self.train_population), ("test", self.test_population)):
+    self._finish(dataset, read_split(dataset, data_dir, "train", say, prepared),
+                 read_split(dataset, data_dir, "test", say, prepared), prepared.num_classes,
+                 max_examples, test_clients, seed, prepared.note, say)
+
+  @classmethod
+  def from_clients(cls, train: Mapping[str, Mapping[str, np.ndarray]],
+                   test: Mapping[str, Mapping[str, np.ndarray]], *, name: str = "clients",
+                   num_classes: int | None = None, max_examples: int | None = None,
+                   test_clients: int | None = None, seed: int = 0,
+                   say=None) -> "FileDataset":
+    """Your own federated data, in memory: ``{client id: {"x": [n, ...], "y": [n, ...]}}``
+    for the train and the test clients (checked like a file's; empty clients dropped).
+
+    Example:
+      >>> data = FileDataset.from_clients({"a": {"x": xa, "y": ya}, ...}, {...})
+    """
+    pops = []
+    for split, clients in (("train", train), ("test", test)):
+      kept = {c: f for c, f in formats.from_mapping(clients, f"{name} {split}")
+              if len(next(iter(f.values()), ()))}
+      dropped = len(clients) - len(kept)
+      if not kept:
+        raise ValueError(f"{name} {split}: no client with examples")
+      keys = sorted(next(iter(kept.values())))
+      pop = RaggedClients({k: np.concatenate([f[k] for f in kept.values()]) for k in keys},
+                          np.concatenate([[0], np.cumsum([len(f[keys[0]]) for f in
+                                                          kept.values()])]).astype(np.int64))
+      object.__setattr__(pop, "ids", list(kept))
+      object.__setattr__(pop, "dropped_empty", dropped)
+      object.__setattr__(pop, "path", f"{name} {split}")
+      y = pop.features.get("y", np.zeros(0))
+      object.__setattr__(pop, "value_range", {"y": [0, int(y.max(initial=0))]})
+      pops.append(pop)
+    self = cls.__new__(cls)
+    self._finish(name, *pops, num_classes or 0, max_examples, test_clients, seed, "", say)
+    return self
+
+  def _finish(self, dataset, train, test, num_classes, max_examples, test_clients, seed,
+              note, say):
+    self.name, self.max_examples, self.note = dataset, max_examples, note
+    self.train_population, self.test_population = train, test
+    for split, pop in (("train", train), ("test", test)):
       if pop.num_clients == 0:
         raise ValueError(f"{pop.path}: the {split} split has no client with examples")
       if set(pop.features) != {"x", "y"}:
@@ -251,9 +292,8 @@ class FileDataset:
                          f"{', '.join(sorted(pop.features))}")
       if say and pop.dropped_empty:
         say(f"{dataset} {split}: dropped {pop.dropped_empty} clients with no examples")
-    self.num_classes = _num_classes(prepared.num_classes, self.train_population,
-                                    self.test_population)
-    ids = np.arange(self.test_population.num_clients)
+    self.num_classes = _num_classes(num_classes, train, test)
+    ids = np.arange(test.num_clients)
     if test_clients is not None and test_clients < len(ids):
       if test_clients < 1:
         raise ValueError(f"test_clients must be >= 1, got {test_clients}")

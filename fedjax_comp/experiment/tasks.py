@@ -4,8 +4,10 @@
 flag given on the command line still wins. The client and server learning
 rates and the adaptive optimizers' epsilon depend on the server optimizer
 (``--server_optimizer``, default ``fedavg``), so the preset looks them up in
-the table for the optimizer in use. Reddi et al. run the adaptive
-optimizers with Keras' defaults (beta2 = 0.999), which the preset sets too.
+the table for the optimizer in use. Adam's and Yogi's beta2: the paper's
+text fixes 0.99, while google-research/federated's hyperparameter notes say
+its runs kept Keras' default 0.999; the presets follow the code's notes
+(``--server_beta2=0.99`` gives the paper's).
 
 Reddi et al.'s protocols (google-research/federated, optimization/docs/
 hyperparameters.md: 1 epoch, clients per round, batch, rounds; Stack
