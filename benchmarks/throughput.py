@@ -27,7 +27,9 @@ Per size, metrics hold ``vmap_client_updates_per_sec``,
 ``loop_client_updates_per_sec``, ``speedup_vs_loop``, ``sec_per_round``,
 ``compile_s``, ``peak_rss_mb`` (the process's peak so far; sizes run in
 increasing order) and ``flop_efficiency``: useful FLOPs per second (3x the
-forward FLOPs of the examples trained on) over the rate of a dense
+forward matmul and convolution FLOPs of the examples trained on, counted
+from the model's jaxpr with loop bodies times their trip count:
+`_throughput_setup.matmul_flops`) over the rate of a dense
 2048x2048 float32 matmul timed right after the round. The subjects are set
 up in `benchmarks._throughput_setup`, shared with the CI check.
 """

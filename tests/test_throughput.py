@@ -115,3 +115,20 @@ def test_command_line_error_is_one_line_exit_1(tmp_path):
   assert out.stderr.strip().splitlines() == [
       "throughput: error: --clients_per_round must be comma-separated integers >= 1, got 'abc'"]
   assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
+def test_matmul_flops_counts_loop_bodies_per_iteration():
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from benchmarks._throughput_setup import matmul_flops  # pylint: disable=import-outside-toplevel
+  a, b = jnp.ones((2, 3)), jnp.ones((3, 4))
+  assert matmul_flops(lambda a, b: a @ b, a, b) == 2 * 2 * 4 * 3
+  # Five iterations of the same product (XLA's cost_analysis would count one).
+  looped = lambda a, b: jax.lax.scan(lambda c, _: (c + a @ b, None), jnp.zeros((2, 4)), None,
+                                     length=5)[0]
+  assert matmul_flops(looped, a, b) == 5 * 2 * 2 * 4 * 3
+  # A 3x3 convolution, 2 -> 8 channels, on a 6x6 "valid" window: 4x4 outputs.
+  x, k = jnp.ones((1, 6, 6, 2)), jnp.ones((3, 3, 2, 8))
+  conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  assert matmul_flops(conv, x, k) == 2 * (4 * 4 * 8) * (3 * 3 * 2)
