@@ -380,3 +380,33 @@ def test_file_scale_runner_builds_maps_and_feeds_cohorts(tmp_path):
   # 50 clients a round, each capped at 1,000 examples.
   assert 50 <= out["pipeline"]["examples_per_round"] <= 50 * 1000
   assert out["pipeline"]["pipeline_examples_per_s"] > 0
+
+
+def test_leaf_and_tff_emnist_datasets_read_end_to_end(tmp_path):
+  rng = np.random.default_rng(6)
+  leaf = tmp_path / "leaf"
+  for split in ("train", "test"):
+    _leaf_file(leaf / split / "all_data_0.json", {
+        f"w{i}": {"x": rng.random((n, 784)).round(3).tolist(),
+                  "y": rng.integers(0, 62, n).tolist()} for i, n in enumerate([2, 3])})
+  femnist = federated_files.FileDataset("leaf_femnist", leaf)
+  assert femnist.input_shape == (28, 28, 1) and femnist.sizes().tolist() == [2, 3]
+  raw = json.loads((leaf / "train" / "all_data_0.json").read_text())["user_data"]["w1"]
+  np.testing.assert_allclose(femnist.train_population.features["x"][2:5].reshape(3, 784),
+                             1 - np.asarray(raw["x"], np.float32), atol=1e-6)
+  shk = tmp_path / "leaf_shk"
+  for split in ("train", "test"):
+    _leaf_file(shk / split / "a.json", {"ROMEO": {"x": ["to be or", "o be or "], "y": [" ", "n"]}})
+  play = federated_files.FileDataset("leaf_shakespeare", shk)
+  assert play.num_classes == 90 and play.input_shape == (8,)
+  np.testing.assert_array_equal(play.train_population.features["y"][1, -1],
+                                text.char_ids(b"n")[0])
+  tff = {split: {f"f{i:04d}_00": {"pixels": rng.random((n, 28, 28)).astype(np.float32),
+                                  "label": rng.integers(0, 62, n)}
+                 for i, n in enumerate([2, 1])} for split in ("all_train", "all_test")}
+  tff_sqlite.write_tff_sqlite(tmp_path / "emnist_all.sqlite", tff)
+  emnist = federated_files.FileDataset("emnist_tff", tmp_path)
+  np.testing.assert_allclose(emnist.train_population.features["x"][:2, ..., 0],
+                             1 - tff["all_train"]["f0000_00"]["pixels"], atol=1e-7)
+  with pytest.raises(ValueError, match="no split 'digits_only_train'"):
+    federated_files.FileDataset("emnist_tff:digits", tmp_path)
