@@ -86,9 +86,12 @@ class Group:
   def config(self, preset: dict | None = None, **fixed):
     """The validated config from the flags.
 
-    `preset` values (a task's) replace the defaults of flags not given on the
-    command line; `fixed` values win over everything.
+    `preset` values replace the defaults of flags not given on the command
+    line (default: the values of ``--task``'s preset, when this runner has
+    that flag and it is set); `fixed` values win over everything.
     """
+    if preset is None:
+      preset = task_preset()
     values = {}
     for name, holder in self.holders.items():
       if preset and name in preset and not flags.FLAGS[name].present:
@@ -100,6 +103,18 @@ class Group:
       values[name] = value
     values.update(fixed)
     return self.cls(**values)
+
+
+def task_preset() -> dict:
+  """The knob values of ``--task``'s preset (`experiment.tasks`), for the server
+  optimizer given on the command line (or the preset's own); {} without a task."""
+  if "task" not in flags.FLAGS or flags.FLAGS["task"].value in (None, "none"):
+    return {}
+  from fedjax_comp.experiment import tasks  # pylint: disable=g-import-not-at-top
+  given = "server_optimizer" in flags.FLAGS and flags.FLAGS["server_optimizer"].present
+  data, train = tasks.get_task(flags.FLAGS["task"].value).values(
+      flags.FLAGS["server_optimizer"].value if given else None)
+  return {**data, **train}
 
 
 def define(cls: type) -> Group:

@@ -163,6 +163,9 @@ def matmul_flops(fn, *args) -> float:
         rhs = e.invars[1].aval.shape  # OIHW-like: out features, in features / groups, window
         per_output = math.prod(rhs) / rhs[e.params["dimension_numbers"].rhs_spec[0]]
         total += 2.0 * math.prod(e.outvars[0].aval.shape) * per_output
+      if name == "cond":  # one branch runs: count the costliest
+        total += max(count(b.jaxpr) for b in e.params["branches"])
+        continue
       times = e.params.get("length", 1) if name == "scan" else 1
       for v in e.params.values():
         for sub in (v if isinstance(v, (tuple, list)) else (v,)):

@@ -16,9 +16,9 @@ reaches about 0.65-0.70 trained centrally). Other algorithms and codecs::
 A published protocol from the files you downloaded (Reddi et al.'s presets,
 `fedjax_comp.experiment.tasks`; any flag given still wins)::
 
-  .venv/bin/python -m benchmarks.fedavg --task=emnist_character --data_dir=~/fedjax_data
+  .venv/bin/python -m benchmarks.fedavg --task=emnist_character --data_dir=$HOME/fedjax_data
   .venv/bin/python -m benchmarks.fedavg --task=shakespeare_character \
-    --server_optimizer=fedyogi --data_dir=~/fedjax_data --client_store=host
+    --server_optimizer=fedyogi --data_dir=$HOME/fedjax_data --client_store=host
 
 McMahan et al.'s setting (a prepared TFDS directory)::
 
@@ -40,7 +40,7 @@ from __future__ import annotations
 from benchmarks import _cpu  # noqa: F401  (first: XLA device flags)
 
 from benchmarks import _flags
-from fedjax_comp.experiment import configs, federated, plotting, tasks
+from fedjax_comp.experiment import configs, federated, plotting
 from fedjax_comp.experiment.clock import readable_unit
 
 DATA = _flags.define(configs.DataConfig)
@@ -71,19 +71,10 @@ def plot(exp, history, output_dir: str) -> None:
                        ylabel="test accuracy", title=f"{title}, codec {cfg.train.codec}")
 
 
-def task_presets() -> tuple[dict, dict]:
-  """(data, train) preset values of --task for the server optimizer in use."""
-  name = TRAIN.holders["task"].value
-  if name in (None, "none"):
-    return {}, {}
-  given = _flags.flags.FLAGS["server_optimizer"].present
-  return tasks.get_task(name).values(TRAIN.holders["server_optimizer"].value if given else None)
-
-
 def main() -> int:
-  data_preset, train_preset = task_presets()
-  cfg = configs.FederatedConfig(data=DATA.config(data_preset), train=TRAIN.config(train_preset),
-                                run=RUN.config(), network=NETWORK.config())
+  # --task's preset fills the flags not given (`_flags.Group.config`).
+  cfg = configs.FederatedConfig(data=DATA.config(), train=TRAIN.config(), run=RUN.config(),
+                                network=NETWORK.config())
   out = _flags.check_output_dir(_flags.OUTPUT_DIR.value or "results/fedavg",
                                 resume=_flags.RESUME.value, overwrite=_flags.OVERWRITE.value)
   exp, _, history = federated.run(cfg, out, resume=_flags.RESUME.value)

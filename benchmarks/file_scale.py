@@ -30,8 +30,9 @@ peak memory is its own:
   the same store: examples per second the round consumes and the device's
   wait for each cohort.
 
-The cache (about 22 GB at full size) is deleted at the end unless
-``--so_keep``; with ``--so_keep`` a second run skips the build.
+The cache (about 22 GB at full size) and the files this runner wrote in
+``--so_dir`` are deleted at the end unless ``--so_keep`` (nothing else in
+that folder is touched); with ``--so_keep`` a second run skips the build.
 """
 
 from __future__ import annotations
@@ -221,8 +222,12 @@ def main() -> int:
   (out / "file_scale.json").write_text(json.dumps(result, indent=1))
   print(f"pipeline feeds {result['pipeline_over_round_consumption']:.0f}x what the LSTM round "
         f"consumes on this CPU; results: {out}/file_scale.json")
-  if not _KEEP.value:
-    shutil.rmtree(_DIR.value, ignore_errors=True)
+  if not _KEEP.value:  # only what this runner wrote: --so_dir may hold other things
+    d = pathlib.Path(_DIR.value)
+    for name in ("population.json", "stackoverflow_sample.sqlite"):
+      (d / name).unlink(missing_ok=True)
+    for cache in (d / ".fedjax_comp_cache").glob("so_scale-*"):
+      shutil.rmtree(cache, ignore_errors=True)
   return 0
 
 

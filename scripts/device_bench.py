@@ -112,6 +112,9 @@ def main_job(cfg: dict, quick: bool, out_dir: pathlib.Path, store: str = "auto")
 
 def preset_run(name: str, data_dir: str, rounds: int, out_dir: pathlib.Path) -> dict:
   """`rounds` rounds of a `--task` preset (no simulated clock), evaluated once at the end."""
+  if not data_dir:
+    raise ValueError(f"--preset={name} reads the published files: pass --preset_data_dir=DIR "
+                     "holding them")
   data, train = tasks.get_task(name).values()
   knobs = {**data, **train, "task": name, "data_dir": data_dir, "rounds": rounds,
            "eval_every": rounds, "network": "none"}

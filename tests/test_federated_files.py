@@ -303,7 +303,7 @@ def test_stackoverflow_ids_by_hand_and_vocabulary_file(tmp_path):
   counts = tmp_path / "stackoverflow.word_count"
   counts.write_text("the 9\nto 5\na 2\n")
   assert text.read_word_counts(counts, 2) == ["the", "to"]
-  with pytest.raises(ValueError, match="holds 3 words, but 5 were asked"):
+  with pytest.raises(ValueError, match="holds 3 words, but the vocabulary needs 5"):
     text.read_word_counts(counts, 5)
   assert text.count_words([b"b a b", b"c b a"], 2) == ["b", "a"]
 
@@ -410,3 +410,38 @@ def test_leaf_and_tff_emnist_datasets_read_end_to_end(tmp_path):
                              1 - tff["all_train"]["f0000_00"]["pixels"], atol=1e-7)
   with pytest.raises(ValueError, match="no split 'digits_only_train'"):
     federated_files.FileDataset("emnist_tff:digits", tmp_path)
+
+
+def test_directory_sources_are_cached_once_and_rebuilt_on_an_edit(tmp_path):
+  rng = np.random.default_rng(7)
+  users = {"w0": {"x": rng.random((2, 784)).round(3).tolist(), "y": [1, 2]}}
+  for split in ("train", "test"):
+    _leaf_file(tmp_path / split / "a.json", users)
+  builds = []
+  say = lambda m: builds.append(m) if m.startswith("building") else None
+  federated_files.FileDataset("leaf_femnist", tmp_path, say=say)
+  federated_files.FileDataset("leaf_femnist", tmp_path, say=say)
+  assert len(builds) == 2  # train and test, once each: the second run maps them
+  users["w0"]["y"] = [3, 4]  # the same file name, rewritten in place
+  _leaf_file(tmp_path / "train" / "a.json", users)
+  st = (tmp_path / "train" / "a.json").stat()
+  os.utime(tmp_path / "train" / "a.json", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+  again = federated_files.FileDataset("leaf_femnist", tmp_path, say=say)
+  assert len(builds) == 3 and again.train_population.features["y"].tolist() == [3, 4]
+
+
+def test_a_damaged_or_inconsistent_cache_is_refused_naming_it(tmp_path):
+  src = tmp_path / "d.sqlite"
+  _write_fedjax(src, {"a": {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int32)},
+                      "b": {"x": np.zeros((1, 3), np.float32), "y": np.zeros(1, np.int32),
+                            "z": np.zeros(1, np.int32)}})
+  with pytest.raises(ValueError, match="client 'b' has features"):
+    file_cache.cached_ragged([src], "t", lambda: formats.read_fedjax_sqlite(src))
+  assert not list((tmp_path / ".fedjax_comp_cache").glob("t-*"))  # nothing committed
+  src.unlink()
+  _write_fedjax(src, {"a": {"x": np.zeros((2, 3), np.float32), "y": np.zeros(2, np.int32)}})
+  pop = file_cache.cached_ragged([src], "t", lambda: formats.read_fedjax_sqlite(src))
+  with open(pop.path / "feature_x.bin", "r+b") as f:
+    f.truncate(8)
+  with pytest.raises(ValueError, match="feature_x.bin: the cache is damaged"):
+    file_cache.cached_ragged([src], "t", lambda: formats.read_fedjax_sqlite(src))

@@ -132,3 +132,6 @@ def test_matmul_flops_counts_loop_bodies_per_iteration():
   conv = lambda x, k: jax.lax.conv_general_dilated(x, k, (1, 1), "VALID",
                                                    dimension_numbers=("NHWC", "HWIO", "NHWC"))
   assert matmul_flops(conv, x, k) == 2 * (4 * 4 * 8) * (3 * 3 * 2)
+  # A cond runs one branch: the costlier one is counted, not both.
+  branchy = lambda p, a, b: jax.lax.cond(p, lambda: a @ b, lambda: jnp.zeros((2, 4)))
+  assert matmul_flops(branchy, True, a, b) == 2 * 2 * 4 * 3

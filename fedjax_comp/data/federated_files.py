@@ -32,7 +32,10 @@ Train and test splits are federated: the same writers (or roles) hold
 examples in both. `FileDataset.test` is the test split of every test
 client (or of a seeded sample of ``test_clients`` of them), with each
 example's client in ``groups`` so evaluation reports the per-client average
-beside the example-weighted accuracy (`evaluation.evaluate_by_client`).
+beside the example-weighted accuracy (`evaluation.evaluate` on
+``batch_for_eval(test, by_client=True)``). StackOverflow's test split is
+large (about 16.6 M examples): it is sampled to 1,000 test clients unless
+``test_clients`` says otherwise.
 
 References:
   FedJAX (Ro et al. 2021, arXiv 2108.02117) and its files under
@@ -131,6 +134,7 @@ def _reader(spec: FileSpec, data_dir: pathlib.Path, name: str, variant: str, spl
 
 
 SO_WORDS, SO_SEQ_LEN = 10_000, 20
+SO_TEST_CLIENTS = 1000  # the default evaluation sample of StackOverflow's large test split
 SO_WORD_COUNTS = "stackoverflow.word_count"
 
 
@@ -177,7 +181,7 @@ def prepare(dataset: str, data_dir, say=None) -> Prepared:
     raise ValueError(f"--dataset={dataset} reads files: pass --data_dir=DIR holding "
                      f"{' and '.join(sorted(set(spec.files(variant))))}")
   if name == "stackoverflow":
-    words, source, note = _stackoverflow_words(pathlib.Path(data_dir), say)
+    words, source, note = _stackoverflow_words(pathlib.Path(data_dir).expanduser(), say)
     ids = text.WordIds(words, SO_SEQ_LEN)
     return Prepared(ids, (source,), ids.vocab_size, note)
   return Prepared(spec.preprocess, (), spec.num_classes(variant))
@@ -189,7 +193,7 @@ def read_split(dataset: str, data_dir, split: str, say=None,
   name, _, variant = dataset.partition(":")
   spec = _spec(name, variant)
   prepared = prepared or prepare(dataset, data_dir, say)
-  data_dir = pathlib.Path(data_dir)
+  data_dir = pathlib.Path(data_dir).expanduser()
   train_name, test_name = spec.files(variant)
   file = {"train": train_name, "test": test_name}[split]
   source, clients = _reader(spec, data_dir, file, variant, split)
@@ -216,13 +220,13 @@ def _spec(name: str, variant: str) -> FileSpec:
   return spec
 
 
-def _num_classes(n: int, train, test) -> int:
+def _num_classes(n: int, train, test, dataset: str = "") -> int:
   top = max(int(p.value_range.get("y", [0, 0])[1]) for p in (train, test))
   if n == 0:  # your own data: the labels say
     return top + 1
   if top >= n:
-    raise ValueError(f"labels reach {top}, but the dataset has {n} classes: the files do not "
-                     "match the dataset name")
+    raise ValueError(f"{dataset}: labels in {train.path} / {test.path} reach {top}, but the "
+                     f"dataset has {n} classes: the files do not match the dataset name")
   return n
 
 
@@ -240,6 +244,11 @@ class FileDataset:
 
   def __init__(self, dataset: str, data_dir, *, max_examples: int | None = None,
                test_clients: int | None = None, seed: int = 0, say=None):
+    if dataset.partition(":")[0] == "stackoverflow" and test_clients is None:
+      test_clients = SO_TEST_CLIENTS
+      if say:
+        say(f"stackoverflow: evaluating on a seeded sample of {SO_TEST_CLIENTS:,} test clients "
+            "(its test split holds about 16.6 M examples; --test_clients to change it)")
     prepared = prepare(dataset, data_dir, say)
     if say and prepared.note:
       say(f"{dataset}: {prepared.note}")
@@ -292,7 +301,7 @@ class FileDataset:
                          f"{', '.join(sorted(pop.features))}")
       if say and pop.dropped_empty:
         say(f"{dataset} {split}: dropped {pop.dropped_empty} clients with no examples")
-    self.num_classes = _num_classes(num_classes, train, test)
+    self.num_classes = _num_classes(num_classes, train, test, dataset)
     ids = np.arange(test.num_clients)
     if test_clients is not None and test_clients < len(ids):
       if test_clients < 1:

@@ -4,12 +4,15 @@
 pairs (from a `data.formats` reader, after preprocessing) into one raw file
 per feature plus offsets, so building never holds more than one client in
 memory, and later runs map those files (`np.memmap`) and start in
-seconds. The cache sits next to the first source file, in
-``.fedjax_comp_cache/<tag>-<key>/`` (or under ``$FEDJAX_COMP_CACHE/files/``
-when that folder is not writable). Its key hashes every source file's
-absolute path, size and mtime with the tag (which names the preprocessing
-and its parameters), so a changed source or a different preprocessing
-builds a new cache; older caches of the same tag are removed after a build.
+seconds. The cache sits next to the first source (a file, or a directory of files
+such as LEAF's ``train/``), in ``.fedjax_comp_cache/<tag>-<key>/`` (or
+under ``$FEDJAX_COMP_CACHE/files/<folder hash>/`` when that folder is not
+writable). Its key hashes every source file's absolute path, size and
+mtime (for a directory, those of each file in it) with the tag (which names
+the preprocessing and its parameters), so a changed source or a different
+preprocessing builds a new cache; older caches of the same tag are removed
+after a build, and so are the temporary folders of builds that were killed.
+A damaged cache (a feature file of the wrong size) is refused with its path.
 
 Clients with no examples after preprocessing are dropped, and their number
 is recorded (`CachedPopulation.dropped_empty`).
@@ -45,18 +48,32 @@ class CachedPopulation(RaggedClients):
     object.__setattr__(self, "path", pathlib.Path(path))
 
 
+def _stamp(path: pathlib.Path) -> list:
+  st = path.stat()
+  return [str(path), st.st_size, st.st_mtime_ns]
+
+
 def cache_key(sources: Sequence[str | os.PathLike], tag: str) -> str:
-  """Hash of the sources' paths, sizes and mtimes, and the tag (see the module docstring)."""
+  """Hash of the sources' paths, sizes and mtimes, and the tag (see the module docstring).
+
+  A directory source stands for the files in it: each one's name, size and
+  mtime is hashed (editing a file in place changes the key; the directory's
+  own mtime does not count).
+  """
   parts = [CACHE_VERSION, tag]
   for s in sources:
     p = pathlib.Path(s).resolve()
-    st = p.stat()
-    parts.append([str(p), st.st_size, st.st_mtime_ns])
+    if p.is_dir():
+      parts.append([_stamp(f) for f in sorted(p.iterdir()) if f.is_file()])
+    else:
+      parts.append(_stamp(p))
   return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 def _cache_root(first_source: pathlib.Path) -> pathlib.Path:
-  base = first_source if first_source.is_dir() else first_source.parent
+  """``.fedjax_comp_cache`` beside the source (a file's or a directory's parent), or a
+  folder of its own under ``$FEDJAX_COMP_CACHE/files`` when that is not writable."""
+  base = first_source.resolve().parent
   root = base / ".fedjax_comp_cache"
   try:
     root.mkdir(exist_ok=True)
@@ -66,9 +83,28 @@ def _cache_root(first_source: pathlib.Path) -> pathlib.Path:
     return root
   except OSError:
     from fedjax_comp.data.sources import cache_dir  # pylint: disable=g-import-not-at-top
-    fallback = cache_dir() / "files"
+    where = hashlib.sha256(str(base).encode()).hexdigest()[:12]
+    fallback = cache_dir() / "files" / where  # one per source folder: no shared stale set
     fallback.mkdir(parents=True, exist_ok=True)
     return fallback
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def _remove_dead_builds(root: pathlib.Path, tag: str) -> None:
+  """Temporary folders of builds of `tag` whose process is gone (killed mid-build)."""
+  for tmp in root.glob(f".{tag}-*.tmp-*"):
+    pid = tmp.name.rsplit(".tmp-", 1)[-1]
+    if pid.isdigit() and not _pid_alive(int(pid)):
+      shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _write(dest: pathlib.Path, clients: Iterable[tuple[str, dict]], source: str) -> None:
@@ -79,6 +115,9 @@ def _write(dest: pathlib.Path, clients: Iterable[tuple[str, dict]], source: str)
       if n == 0:
         dropped += 1
         continue
+      if meta and set(feats) != set(meta):
+        raise ValueError(f"{source}: client {cid!r} has features {sorted(feats)}, "
+                         f"earlier clients {sorted(meta)}")
       for k, v in feats.items():
         v = np.ascontiguousarray(v)
         if k not in files:
@@ -93,9 +132,6 @@ def _write(dest: pathlib.Path, clients: Iterable[tuple[str, dict]], source: str)
           lo, hi = v.min().item(), v.max().item()
           old = ranges.get(k, [lo, hi])
           ranges[k] = [min(old[0], lo), max(old[1], hi)]
-      if ids and set(feats) != set(meta):
-        raise ValueError(f"{source}: client {cid!r} has features {sorted(feats)}, "
-                         f"earlier clients {sorted(meta)}")
       offsets.append(offsets[-1] + n)
       ids.append(cid)
   finally:
@@ -116,7 +152,13 @@ def load_cache(path) -> CachedPopulation:
   for k, m in info["features"].items():
     shape = (total, *m["shape"])
     dtype = np.dtype(m["dtype"])
-    feats[k] = (np.memmap(path / f"feature_{k}.bin", dtype=dtype, mode="r", shape=shape)
+    file = path / f"feature_{k}.bin"
+    want = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if not file.exists() or file.stat().st_size != want:
+      raise ValueError(f"{file}: the cache is damaged (holds "
+                       f"{file.stat().st_size if file.exists() else 0} bytes, expected "
+                       f"{want}); delete {path} and it is rebuilt from the source")
+    feats[k] = (np.memmap(file, dtype=dtype, mode="r", shape=shape)
                 if total else np.zeros(shape, dtype))
   return CachedPopulation(feats, offsets, info["ids"], info["dropped_empty"], path,
                           info.get("value_range"))
@@ -142,6 +184,7 @@ def cached_ragged(sources: Sequence[str | os.PathLike], tag: str,
   if say:
     say(f"building the {tag} cache from {', '.join(str(s) for s in sources)} into {dest} "
         "(once; later runs map it)")
+  _remove_dead_builds(root, tag)
   tmp = root / f".{tag}-{key}.tmp-{os.getpid()}"
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)

@@ -149,8 +149,8 @@ def read_word_counts(path, size: int) -> list[str]:
         raise ValueError(f"{path}:{number}: expected 'word count', got {line.strip()!r}")
       words.append(parts[0])
   if len(words) < size:
-    raise ValueError(f"{path}: the vocabulary file holds {len(words)} words, but "
-                     f"{size} were asked for (--vocab_size); they do not match")
+    raise ValueError(f"{path}: the vocabulary file holds {len(words)} words, but the "
+                     f"vocabulary needs {size}; they do not match")
   return words
 
 

@@ -87,8 +87,8 @@ class Task:
       if server_optimizer is not None and server_optimizer != train["server_optimizer"]:
         raise ValueError(f"--task={self.name} is FedJAX's {train['server_optimizer']} run; "
                          f"its learning rates do not apply to --server_optimizer="
-                         f"{server_optimizer} (set --client_lr and --server_lr too, or use "
-                         "a Reddi et al. task)")
+                         f"{server_optimizer}: use a Reddi et al. task (their rates are "
+                         "tabulated per optimizer), or no --task and your own rates")
       return dict(self.data), train
     server_optimizer = server_optimizer or "fedavg"
     if server_optimizer not in OPTIMIZERS:
