@@ -95,3 +95,33 @@ def test_cifar_crops_central_and_random_with_flips():
       assert found is not None
       seen.add(found)
   assert len(seen) > 10 and {f for _, _, f in seen} == {False, True}
+
+
+def test_hoisted_lstm_equals_flax_lstm_parameters_outputs_and_gradients():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from fedjax_comp.models.layers import LSTM  # pylint: disable=import-outside-toplevel
+
+  class Flax(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(2):
+        x = nn.RNN(nn.OptimizedLSTMCell(6))(x)
+      return x
+
+  class Mine(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      for layer in range(2):
+        x = LSTM(6, name=f"OptimizedLSTMCell_{layer}")(x)
+      return x
+
+  x = jax.random.normal(jax.random.key(0), (3, 5, 4))
+  ref, mine = Flax().init(jax.random.key(1), x), Mine().init(jax.random.key(1), x)
+  assert jax.tree.structure(ref) == jax.tree.structure(mine)
+  for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(mine)):
+    np.testing.assert_array_equal(a, b)  # the same initial parameters, bit for bit
+  np.testing.assert_allclose(Mine().apply(ref, x), Flax().apply(ref, x), atol=1e-6)
+  loss = lambda m: lambda p: jnp.sum(jnp.sin(m.apply(p, x)))
+  for a, b in zip(jax.tree.leaves(jax.grad(loss(Flax()))(ref)),
+                  jax.tree.leaves(jax.grad(loss(Mine()))(ref))):
+    np.testing.assert_allclose(a, b, atol=1e-5)

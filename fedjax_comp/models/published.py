@@ -63,7 +63,7 @@ import numpy as np
 
 from fedjax_comp.data import text
 from fedjax_comp.models.base import Model, Params, classification, next_token
-from fedjax_comp.models.layers import Dense, PatchConv, max_pool_2x2
+from fedjax_comp.models.layers import LSTM, Dense, PatchConv, max_pool_2x2
 from fedjax_comp.models.vision import image_shape
 
 
@@ -130,8 +130,8 @@ class SequenceLSTM(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab_size, self.embed)(tokens)
-    for _ in range(self.layers):
-      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
+    for layer in range(self.layers):  # flax's LSTM parameters, input projection hoisted
+      x = LSTM(self.hidden, name=f"OptimizedLSTMCell_{layer}")(x)
     return Dense(self.vocab_size)(x)
 
 
@@ -165,7 +165,7 @@ class WordLSTM(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab_size, 96)(tokens)
-    x = nn.RNN(nn.OptimizedLSTMCell(670))(x)
+    x = LSTM(670, name="OptimizedLSTMCell_0")(x)
     x = Dense(96)(x)
     return Dense(self.vocab_size)(x)
 
