@@ -20,10 +20,11 @@ import numpy as np
 
 from fedjax_comp.models import published
 from fedjax_comp.models.base import next_token
+from fedjax_comp.models.lstm import CharLSTM
 
 
 class FlaxLSTM(nn.Module):
-  """The model before: flax's RNN over its optimized LSTM cell."""
+  """`models.lstm.CharLSTM` as it was: flax's RNN over its optimized LSTM cell."""
 
   vocab_size: int
   embed: int
@@ -47,7 +48,7 @@ def vmapped_grad(module):
 def main() -> None:
   for vocab, embed, hidden, layers, steps in ((90, 8, 256, 2, 80), (10_004, 96, 670, 1, 20)):
     old = FlaxLSTM(vocab, embed, hidden, layers)
-    new = published.SequenceLSTM(vocab, embed, hidden, layers)
+    new = CharLSTM(vocab, embed, hidden, layers)
     tokens = jax.random.randint(jax.random.key(0), (10, 10, steps), 3, vocab)
     params = new.init(jax.random.key(1), tokens[0])
     assert jax.tree.structure(params) == jax.tree.structure(old.init(jax.random.key(1),

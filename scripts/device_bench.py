@@ -123,7 +123,7 @@ def preset_run(name: str, data_dir: str, rounds: int, out_dir: pathlib.Path) -> 
   federated.run(fed, str(run_dir), say=print)
   m = results.read_result(run_dir)["metrics"]
   return {k: m.get(k) for k in ("rounds", "rounds_per_sec", "client_updates_per_sec",
-                                "compile_s", "final_accuracy", "final_accuracy_per_client",
+                                "compile_s", "final_test_accuracy", "final_test_accuracy_per_client",
                                 "client_store", "num_params", "data_wait_s_per_round")}
 
 

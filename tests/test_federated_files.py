@@ -286,7 +286,7 @@ def test_task_preset_runs_two_rounds_from_the_cli_and_flags_win(tmp_path):
   m = result["metrics"]
   assert m["task"] == "emnist_character" and m["reference_accuracy"] is None
   assert "not yet checked" in m["reference_source"]
-  assert 0 <= m["final_accuracy_per_client"] <= 1
+  assert 0 <= m["final_test_accuracy_per_client"] <= 1
   assert tasks.get_task("shakespeare_character").values("fedavg")[1]["batch_size"] == 4
 
 

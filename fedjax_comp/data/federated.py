@@ -82,6 +82,13 @@ def to_client_arrays(examples: Examples, client_indices: Sequence[np.ndarray],
   return ClientArrays(features={"x": x, "y": y}, num_examples=sizes.astype(np.int32))
 
 
+def padded_clients(population, sizes: np.ndarray) -> ClientArrays:
+  """Every client of a host-store population (``gather(ids, bucket)``), padded to the largest
+  of `sizes` (its capped sizes): the device store's form of a ragged or lazy population."""
+  feats = population.gather(np.arange(len(sizes)), int(sizes.max()))
+  return ClientArrays(features=feats, num_examples=sizes.astype(np.int32))
+
+
 @dataclasses.dataclass(frozen=True)
 class FederatedDataset:
   """A partitioned train split (client i owns ``train[client_indices[i]]``) and a test split.

@@ -156,7 +156,7 @@ def _stackoverflow_words(data_dir: pathlib.Path, say) -> tuple[list[str], pathli
   train = data_dir / _spec("stackoverflow", "").files("")[0]
   if not train.exists():
     raise formats.missing_file_error(train, f"{FEDJAX_URL}/stackoverflow/{train.name}")
-  root = file_cache._cache_root(train)  # pylint: disable=protected-access
+  root = file_cache.cache_root(train)
   cached = root / f"stackoverflow-vocab-{file_cache.cache_key([train], 'vocab')}.txt"
   if not cached.exists():
     if say:
@@ -332,10 +332,8 @@ class FileDataset:
 
   @functools.cached_property
   def clients(self):
-    from fedjax_comp.data.federated import ClientArrays  # pylint: disable=g-import-not-at-top
-    sizes = self.sizes()
-    feats = self.train_population.gather(np.arange(self.num_clients), int(sizes.max()))
-    return ClientArrays(features=feats, num_examples=sizes.astype(np.int32))
+    from fedjax_comp.data.federated import padded_clients  # pylint: disable=g-import-not-at-top
+    return padded_clients(self.train_population, self.sizes())
 
   @functools.cached_property
   def test(self) -> Examples:

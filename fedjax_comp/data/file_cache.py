@@ -70,7 +70,7 @@ def cache_key(sources: Sequence[str | os.PathLike], tag: str) -> str:
   return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
-def _cache_root(first_source: pathlib.Path) -> pathlib.Path:
+def cache_root(first_source: pathlib.Path) -> pathlib.Path:
   """``.fedjax_comp_cache`` beside the source (a file's or a directory's parent), or a
   folder of its own under ``$FEDJAX_COMP_CACHE/files`` when that is not writable."""
   base = first_source.resolve().parent
@@ -177,7 +177,7 @@ def cached_ragged(sources: Sequence[str | os.PathLike], tag: str,
   """
   first = pathlib.Path(sources[0])
   key = cache_key(sources, tag)
-  root = _cache_root(first)
+  root = cache_root(first)
   dest = root / f"{tag}-{key}"
   if (dest / "meta.json").exists():
     return load_cache(dest)

@@ -167,14 +167,21 @@ def read_fedjax_sqlite(path, url: str | None = None) -> ClientIter:
     conn.close()
 
 
-def write_fedjax_sqlite(path, clients: Mapping[str, Mapping[str, np.ndarray]]) -> None:
-  """Writes clients in FedJAX's SQLite format (replacing `path`)."""
+def new_sqlite(path, *tables: str) -> sqlite3.Connection:
+  """A new SQLite file at `path` (replacing it) with ``CREATE TABLE <each of tables>``."""
   path = pathlib.Path(path)
   path.unlink(missing_ok=True)
   conn = sqlite3.connect(path)
+  for table in tables:
+    conn.execute(f"CREATE TABLE {table}")
+  return conn
+
+
+def write_fedjax_sqlite(path, clients: Mapping[str, Mapping[str, np.ndarray]]) -> None:
+  """Writes clients in FedJAX's SQLite format (replacing `path`)."""
+  conn = new_sqlite(path, "federated_data (client_id BLOB NOT NULL PRIMARY KEY, "
+                    "data BLOB NOT NULL, num_examples INTEGER NOT NULL)")
   try:
-    conn.execute("CREATE TABLE federated_data (client_id BLOB NOT NULL PRIMARY KEY, "
-                 "data BLOB NOT NULL, num_examples INTEGER NOT NULL)")
     for cid, feats in clients.items():
       n = len(next(iter(feats.values()))) if feats else 0
       conn.execute("INSERT INTO federated_data VALUES (?, ?, ?)",

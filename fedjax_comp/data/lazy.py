@@ -200,8 +200,6 @@ class LazyDataset:
   def clients(self):
     """Every client padded to the largest (generated on first use)."""
     if self._clients is None:
-      from fedjax_comp.data.federated import ClientArrays  # pylint: disable=g-import-not-at-top
-      sizes = self.sizes()
-      feats = self.population.gather(np.arange(self.num_clients), int(sizes.max()))
-      self._clients = ClientArrays(features=feats, num_examples=sizes.astype(np.int32))
+      from fedjax_comp.data.federated import padded_clients  # pylint: disable=g-import-not-at-top
+      self._clients = padded_clients(self.population, self.sizes())
     return self._clients

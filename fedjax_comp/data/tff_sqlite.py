@@ -22,7 +22,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedjax_comp.data.formats import ClientIter, check_client, decode_client_id, missing_file_error
+from fedjax_comp.data.formats import (ClientIter, check_client, decode_client_id,
+                                      missing_file_error, new_sqlite)
 
 
 def _example_message():
@@ -171,14 +172,11 @@ def read_tff_sqlite(path, split: str, shapes: Mapping[str, tuple[int, ...]],
 def write_tff_sqlite(path, splits: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]]
                      ) -> None:
   """Writes ``{split: {client: {feature: [N, ...]}}}`` in TFF's SQLite layout (tests, converters)."""
-  path = pathlib.Path(path)
-  path.unlink(missing_ok=True)
-  conn = sqlite3.connect(path)
+  conn = new_sqlite(path, "examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
+                    "serialized_example_proto BLOB NOT NULL)",
+                    "client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
+                    "num_examples INTEGER NOT NULL)")
   try:
-    conn.execute("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
-                 "serialized_example_proto BLOB NOT NULL)")
-    conn.execute("CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT "
-                 "NULL, num_examples INTEGER NOT NULL)")
     for split, clients in splits.items():
       for cid, feats in clients.items():
         n = check_client(feats, cid, str(path))

@@ -240,10 +240,6 @@ def summary(exp: Experiment, history: loop.History) -> dict[str, Any]:
     task = {"task": spec.name,
             "reference_accuracy": spec.reference_accuracy.get(exp.cfg.train.server_optimizer),
             "reference_source": spec.reference_source}
-    if exp.evaluate is not None and history.evals:
-      last = history.evals[-1]
-      task.update(final_accuracy=last.get("accuracy"),
-                  final_accuracy_per_client=last.get("accuracy_per_client"))
   return {
       **task,
       "algorithm": exp.algorithm.name, "codec": exp.cfg.train.codec,

@@ -23,11 +23,17 @@ import jax
 import jax.numpy as jnp
 
 from fedjax_comp.models.base import Model, Params, next_token
+from fedjax_comp.models.layers import LSTM, Dense
 
 PAD, BOS, EOS, OOV = 0, 1, 2, 3
 
 
 class CharLSTM(nn.Module):
+  """Embedding, `layers` LSTM layers, dense to the vocabulary (also Reddi et al.'s
+  Shakespeare model, `published.shakespeare_lstm`). The LSTM layers are
+  `layers.LSTM`: flax's ``nn.RNN(nn.OptimizedLSTMCell)`` parameters, with the
+  input projection computed before the time loop."""
+
   vocab_size: int
   embed: int = 8
   hidden: int = 64
@@ -36,9 +42,9 @@ class CharLSTM(nn.Module):
   @nn.compact
   def __call__(self, tokens):
     x = nn.Embed(self.vocab_size, self.embed)(tokens)
-    for _ in range(self.layers):
-      x = nn.RNN(nn.OptimizedLSTMCell(self.hidden))(x)
-    return nn.Dense(self.vocab_size)(x)
+    for layer in range(self.layers):
+      x = LSTM(self.hidden, name=f"OptimizedLSTMCell_{layer}")(x)
+    return Dense(self.vocab_size)(x)
 
 
 def char_lstm(input_shape, num_classes, *, embed: int = 8, hidden: int = 64,

@@ -64,6 +64,7 @@ import numpy as np
 from fedjax_comp.data import text
 from fedjax_comp.models.base import Model, Params, classification, next_token
 from fedjax_comp.models.layers import LSTM, Dense, PatchConv, max_pool_2x2
+from fedjax_comp.models.lstm import CharLSTM
 from fedjax_comp.models.vision import image_shape
 
 
@@ -121,20 +122,6 @@ def emnist_cr(input_shape, num_classes) -> Model:
                cpu_chunk=1, gpu_chunk=256, stochastic=True)
 
 
-class SequenceLSTM(nn.Module):
-  vocab_size: int
-  embed: int
-  hidden: int
-  layers: int
-
-  @nn.compact
-  def __call__(self, tokens):
-    x = nn.Embed(self.vocab_size, self.embed)(tokens)
-    for layer in range(self.layers):  # flax's LSTM parameters, input projection hoisted
-      x = LSTM(self.hidden, name=f"OptimizedLSTMCell_{layer}")(x)
-    return Dense(self.vocab_size)(x)
-
-
 def shakespeare_lstm(input_shape, num_classes) -> Model:
   """Reddi et al.'s Shakespeare char-LSTM on FedJAX's 90 ids (module docstring)."""
   if len(input_shape) != 1:
@@ -143,7 +130,7 @@ def shakespeare_lstm(input_shape, num_classes) -> Model:
   if num_classes != text.SHAKESPEARE_VOCAB:
     raise ValueError(f"shakespeare_lstm: num_classes must be the {text.SHAKESPEARE_VOCAB} "
                      f"Shakespeare ids (data.text), got {num_classes}")
-  module = SequenceLSTM(vocab_size=num_classes, embed=8, hidden=256, layers=2)
+  module = CharLSTM(vocab_size=num_classes, embed=8, hidden=256, layers=2)
 
   def init(key: jax.Array) -> Params:
     return module.init(key, jnp.zeros((1, *input_shape), jnp.int32))["params"]
