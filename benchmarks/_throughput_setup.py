@@ -18,6 +18,7 @@ times exactly what the benchmarks report. Not a runner: it defines no flags.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import resource
 import statistics
@@ -31,7 +32,7 @@ import optax
 from jax.sharding import Mesh
 
 import fedjax_comp as fc
-from fedjax_comp import codecs, kernels
+from fedjax_comp import codecs, kernels, native
 from fedjax_comp.algorithms import reference
 from fedjax_comp.data.stores import memory_budget
 
@@ -338,6 +339,10 @@ def measure_kernels(shapes, bits_list, repeats: int, seed: int = 0, say=print,
     record("fwht", shape, first, sec, 2 * nbytes, copy_s)
     sec = time_chained(jax.jit(fwht, donate_argnums=0), x, repeats=repeats)
     record("fwht_donated", shape, sec, sec, 2 * nbytes, copy_s)
+    if native.fwht_available():  # fwht above is the native kernel; XLA's butterflies beside it
+      first, sec = time_fn(jax.jit(functools.partial(fwht, impl="xla")), x, repeats=repeats)
+      record("fwht_xla", shape, first, sec, 2 * nbytes, copy_s,
+             native_speedup=sec / metrics[f"fwht@{shape[0]}x{shape[1]}"]["sec"])
     first, sec = time_fn(jax.jit(kernels.rotate), key, x, repeats=repeats)
     record("rotate", shape, first, sec, 2 * nbytes, copy_s)
     if shape[1] <= DENSE_MAX_DIM:

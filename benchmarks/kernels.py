@@ -16,7 +16,10 @@ For each ``batch x dim`` shape in ``--shapes`` it times, on float32 data:
   ``ratio_to_best_copy`` divides by the faster of them;
 * ``fwht_donated``: the FWHT with its input donated, chained (it is an
   involution), the same fresh-allocation cost removed;
-* ``fwht``: the orthonormal Walsh-Hadamard transform of every row;
+* ``fwht``: the orthonormal Walsh-Hadamard transform of every row (the
+  native FFI kernel of `fedjax_comp.native` where it builds), and
+  ``fwht_xla``: the same transform as XLA's butterflies, with
+  ``native_speedup`` = its time over the native kernel's;
 * ``rotate``: signs then FWHT (H D x), the codec's rotation;
 * ``quantize_pack/b``: stochastic quantization to b bits plus bit packing;
 * ``unpack_dequantize/b``: the inverse;

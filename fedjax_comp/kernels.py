@@ -7,16 +7,17 @@ serves one client inside `vmap`, a `[clients, d]` matrix, or the
 
 Hadamard (`fwht`, `rotate`, `unrotate`)
   ``fwht`` is the orthonormal Walsh-Hadamard transform in Sylvester order,
-  ``y = H_d x / sqrt(d)``, so it is its own inverse. It is written for CPU
-  caches: the first butterfly stages are one small dense matmul, the
-  rest radix-4 butterflies, and long batches are processed in blocks of
-  about 2^20 floats (`lax.map`) so all log2(d) stages of a block run while it
-  sits in cache instead of streaming the whole batch through memory once per
-  stage. (The first five stages are one ``[32, 32]`` matmul, in fact: 32
-  measured faster than 16 or 64.) Rows longer than 2^16 are split as
-  H_(d/b) kron H_b so that the H_b part still runs in cache blocks. ``rotate`` is the randomized rotation ``H D x`` with Rademacher
-  signs D drawn from a key; lengths that are not a power of two are
-  zero-padded and ``unrotate`` crops them again.
+  ``y = H_d x / sqrt(d)``, so it is its own inverse. On a CPU, for float32,
+  it is the native kernel of `fedjax_comp.native` (an XLA FFI call, built on
+  first use): one pass over memory for rows of up to 2^16 floats, two for
+  longer ones, 4-12x faster than XLA's butterflies (docs/performance.md,
+  "The native FWHT"). Elsewhere (GPU/TPU, float64, or no C++ compiler) it
+  is `fwht_xla.fwht_xla`, XLA ops blocked for caches. The two paths agree
+  to float32 rounding, not bit for bit. ``rotate`` is the randomized
+  rotation ``H D x`` with Rademacher signs D drawn from a key (as bits,
+  `rademacher_words`, which the native kernel reads directly); lengths
+  that are not a power of two are zero-padded and ``unrotate`` crops them
+  again.
 
 Quantization (`quantize`, `dequantize`)
   Unbiased stochastic quantization (Suresh et al. 2017) of each vector (the
@@ -57,6 +58,7 @@ Subsampling (`stratified_indices`)
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -64,13 +66,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# Floats per `lax.map` block in `fwht`: a block stays in the CPU's cache
-# across all butterfly stages (measured best at 2^20 on a 2-core EPYC).
-_FWHT_BLOCK_ELEMS = 2**20
-# Rows longer than this are split as H_d = H_(d/b) (x) H_b: the H_b part runs
-# in cache blocks, and only the last log2(d/b) stages stream the whole row.
-_FWHT_SPLIT_LEN = 2**16
-_FWHT_SPLIT_INNER = 2**14
+from fedjax_comp import native
+from fedjax_comp.fwht_xla import fwht_xla, hadamard_matrix  # noqa: F401  (re-exported)
 
 
 def is_pow2(n: int) -> bool:
@@ -82,69 +79,9 @@ def next_pow2(n: int) -> int:
   return 1 if n <= 1 else 1 << (int(n) - 1).bit_length()
 
 
-def hadamard_matrix(d: int, dtype=np.float64) -> np.ndarray:
-  """The dense Sylvester Hadamard matrix H_d (entries +-1, unnormalized)."""
-  if not is_pow2(d):
-    raise ValueError(f"d must be a power of two, got {d}")
-  h = np.ones((1, 1), dtype)
-  while h.shape[0] < d:
-    h = np.block([[h, h], [h, -h]])
-  return h
-
-
-def _butterflies(y: jax.Array, start: int) -> jax.Array:
-  """Unnormalized Hadamard stages of stride start, 2*start, ... on [rows, d]."""
-  rows, d = y.shape
-  h = start
-  while h < d:
-    if 4 * h <= d:  # radix 4: two stages in one pass
-      y = y.reshape(rows, -1, 4, h)
-      a, b, c, e = y[:, :, 0], y[:, :, 1], y[:, :, 2], y[:, :, 3]
-      s1, d1, s2, d2 = a + b, a - b, c + e, c - e
-      y = jnp.stack([s1 + s2, d1 + d2, s1 - s2, d1 - d2], axis=2)
-      h *= 4
-    else:
-      y = y.reshape(rows, -1, 2, h)
-      a, b = y[:, :, 0], y[:, :, 1]
-      y = jnp.stack([a + b, a - b], axis=2)
-      h *= 2
-  return y.reshape(rows, d)
-
-
-def _fwht_rows(y: jax.Array, pre=None, post=None, normalize=True) -> jax.Array:
-  rows, d = y.shape
-  if pre is not None:
-    y = y * pre
-  if d >= 16:
-    m = 32 if d >= 32 else 16  # 32: measured best on a 2-core EPYC (vs 16 and 64)
-    hm = jnp.asarray(hadamard_matrix(m), y.dtype)
-    # Full precision: ±1 entries, but a GPU's default matmul precision is reduced.
-    y = jnp.matmul(y.reshape(-1, m), hm, precision=lax.Precision.HIGHEST).reshape(rows, d)
-    y = _butterflies(y, m)
-  else:
-    y = _butterflies(y, 1)
-  if not normalize:
-    return y
-  scale = jnp.asarray(1.0 / math.sqrt(d), y.dtype)
-  return y * (scale if post is None else post * scale)
-
-
-def _fwht_blocked(y: jax.Array, pre=None, post=None, normalize=True) -> jax.Array:
-  """`_fwht_rows` over [rows, d] in `lax.map` blocks of about _FWHT_BLOCK_ELEMS floats."""
-  rows, d = y.shape
-  block_rows = max(1, _FWHT_BLOCK_ELEMS // d)
-  if rows <= block_rows:
-    return _fwht_rows(y, pre, post, normalize)
-  nblocks = -(-rows // block_rows)
-  pad = nblocks * block_rows - rows
-  if pad:
-    y = jnp.concatenate([y, jnp.zeros((pad, d), y.dtype)])
-  y = lax.map(lambda b: _fwht_rows(b, pre, post, normalize), y.reshape(nblocks, block_rows, d))
-  return y.reshape(-1, d)[:rows]
-
-
-def fwht(x: jax.Array, *, pre: jax.Array | None = None,
-         post: jax.Array | None = None) -> jax.Array:
+def fwht(x: jax.Array, *, pre: jax.Array | None = None, post: jax.Array | None = None,
+         pre_signs: jax.Array | None = None, post_signs: jax.Array | None = None,
+         impl: str = "auto") -> jax.Array:
   """Orthonormal fast Walsh-Hadamard transform over the last axis (an involution).
 
   Args:
@@ -153,11 +90,22 @@ def fwht(x: jax.Array, *, pre: jax.Array | None = None,
     pre, post: optional ``[d]`` vectors multiplied in before / after the
       transform, inside the same cache block (the rotation's signs), which
       saves a pass over memory.
+    pre_signs, post_signs: the same for a vector of signs given as uint32
+      words (`rademacher_words`; bit j of word j // 32 set: -1), instead of
+      pre / post: the native kernel reads the bits, 32x less than floats.
+    impl: ``auto`` (the native kernel of `fedjax_comp.native` on a CPU for
+      float32 where it builds, XLA's butterflies elsewhere), ``xla`` or
+      ``native`` (an error where it is not built). The two agree to float32
+      rounding, not bit for bit.
   """
   d = x.shape[-1]
   if not is_pow2(d):
     raise ValueError(f"fwht needs a power-of-two last axis, got length {d}; "
                      "pad it (see rotate) first")
+  if impl not in ("auto", "xla", "native"):
+    raise ValueError(f"fwht: impl must be 'auto', 'xla' or 'native', got {impl!r}")
+  if (pre is not None and pre_signs is not None) or (post is not None and post_signs is not None):
+    raise ValueError("fwht: give pre or pre_signs (post or post_signs), not both")
   _check_float(x, "fwht")
   dtype = x.dtype
   work = jnp.float64 if dtype == jnp.float64 else jnp.float32
@@ -166,27 +114,58 @@ def fwht(x: jax.Array, *, pre: jax.Array | None = None,
   if rows == 0:
     return x
   y = x.reshape(rows, d).astype(work)
-  pre = None if pre is None else pre.astype(work)
-  post = None if post is None else post.astype(work)
-  if d > _FWHT_SPLIT_LEN:
-    inner = _FWHT_SPLIT_INNER
-    if pre is not None:
-      y = y * pre
-    y = _fwht_blocked(y.reshape(-1, inner), normalize=False).reshape(rows, d)
-    y = _butterflies(y, inner) * jnp.asarray(1.0 / math.sqrt(d), work)
-    if post is not None:
-      y = y * post
+  native_ok = (work == jnp.float32 and impl != "xla"
+               and (impl == "native" or jax.default_backend() == "cpu")
+               and native.fwht_available())
+  if impl == "native" and not native_ok:
+    raise RuntimeError("fwht: impl='native' needs float32 input and the native kernel "
+                       "(fedjax_comp.native.fwht_available() is False: see the log)")
+
+  def multiplier(values, words, for_native):
+    if values is not None:
+      return values.astype(work)
+    if words is None:
+      return None
+    return words if for_native and d >= 32 else signs_from_words(words, d, work)
+
+  xla = functools.partial(fwht_xla, pre=multiplier(pre, pre_signs, False),
+                          post=multiplier(post, post_signs, False))
+  if native_ok:
+    on_cpu = functools.partial(native.fwht, pre=multiplier(pre, pre_signs, True),
+                               post=multiplier(post, post_signs, True), scale=1.0 / math.sqrt(d))
+    y = on_cpu(y) if impl == "native" else lax.platform_dependent(y, cpu=on_cpu, default=xla)
   else:
-    y = _fwht_blocked(y, pre, post)
+    y = xla(y)
   return y.reshape(batch + (d,)).astype(dtype)
 
 
+def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``sum(a * b)`` over the last axis, keeping it (length 1), as a dot product.
+
+  XLA:CPU (jax 0.10) runs ``jnp.sum(a * b, axis=-1)`` over a long axis as one
+  YNNPACK reduction at a quarter of memory speed (3.2 ms for 2^21 floats);
+  as a ``dot_general`` it takes 0.8 ms (`python scripts/ab_rotated_codecs.py`).
+  The additions are grouped differently from `jnp.sum`, so the last bits
+  differ.
+  """
+  return jnp.einsum("...i,...i->...", a, b, precision=lax.Precision.HIGHEST)[..., None]
+
+
+def rademacher_words(key: jax.Array, n: int) -> jax.Array:
+  """n independent signs packed as uint32 ``[ceil(n / 32)]``: bit j of word j // 32 set means -1."""
+  return jax.random.bits(key, (-(-n // 32),), jnp.uint32)
+
+
+def signs_from_words(words: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
+  """The +-1 signs ``[..., n]`` of `rademacher_words` (``[..., ceil(n / 32)]``)."""
+  bits = (words[..., :, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+  return 1 - 2 * bits.reshape(words.shape[:-1] + (-1,))[..., :n].astype(dtype)
+
+
 def rademacher(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-  """Independent +-1 signs, one bit of a threefry draw each."""
+  """Independent +-1 signs, one bit of a threefry draw each (`rademacher_words`, unpacked)."""
   n = math.prod(shape)
-  words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)
-  bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
-  return (1 - 2 * bits.reshape(-1)[:n].astype(dtype)).reshape(shape)
+  return signs_from_words(rademacher_words(key, n), n, dtype).reshape(shape)
 
 
 def rotate(key: jax.Array, x: jax.Array, block: int | None = None) -> jax.Array:
@@ -208,12 +187,11 @@ def rotate(key: jax.Array, x: jax.Array, block: int | None = None) -> jax.Array:
   y = x.astype(jnp.float32)
   if n > d:
     y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, n - d)])
-  signs = rademacher(key, (n // blk, blk))
   y = y.reshape(y.shape[:-1] + (n // blk, blk))
-  if n // blk == 1:
-    y = fwht(y, pre=signs[0])
+  if n // blk == 1:  # the signs as bits, multiplied in by the FWHT
+    y = fwht(y, pre_signs=rademacher_words(key, n))
   else:
-    y = fwht(y * signs)
+    y = fwht(y * rademacher(key, (n // blk, blk)))
   return y.reshape(y.shape[:-2] + (n,))
 
 
@@ -223,9 +201,11 @@ def unrotate(key: jax.Array, y: jax.Array, d: int, block: int | None = None) -> 
   if n != rotated_length(d, block):
     raise ValueError(f"unrotate: got length {n}, expected {rotated_length(d, block)} for d={d}")
   blk = min(n, block or n)
-  signs = rademacher(key, (n // blk, blk))
   x = y.astype(jnp.float32).reshape(y.shape[:-1] + (n // blk, blk))
-  x = fwht(x, post=signs[0]) if n // blk == 1 else fwht(x) * signs
+  if n // blk == 1:
+    x = fwht(x, post_signs=rademacher_words(key, n))
+  else:
+    x = fwht(x) * rademacher(key, (n // blk, blk))
   return x.reshape(x.shape[:-2] + (n,))[..., :d]
 
 

@@ -10,17 +10,23 @@ import numpy as np
 import pytest
 
 from fedjax_comp import kernels as K
+from fedjax_comp import native
+
+# Both FWHT paths: XLA's butterflies and the native FFI kernel (built on first use).
+IMPLS = ["xla", pytest.param("native", marks=pytest.mark.skipif(
+    not native.fwht_available(), reason="the native FWHT did not build (no C++ compiler?)"))]
 
 
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("d", [1, 2, 4, 8, 16, 32, 64, 512, 4096])
-def test_fwht_matches_dense_hadamard_in_float64(d):
+def test_fwht_matches_dense_hadamard_in_float64(d, impl):
   x = np.random.default_rng(d).standard_normal((3, d))
   ref = x @ K.hadamard_matrix(d).T / math.sqrt(d)
   with jax.enable_x64(True):
     y64 = np.asarray(K.fwht(jnp.asarray(x, jnp.float64)))
     assert y64.dtype == np.float64
   np.testing.assert_allclose(y64, ref, rtol=0, atol=1e-12)
-  y32 = np.asarray(K.fwht(jnp.asarray(x, jnp.float32)))
+  y32 = np.asarray(K.fwht(jnp.asarray(x, jnp.float32), impl=impl))
   # float32 error grows ~ log2(d) ulps of the norm: a loose but real bound.
   np.testing.assert_allclose(y32, ref, rtol=0, atol=1e-6 * (1 + math.log2(d)) * 4)
 
@@ -32,11 +38,12 @@ def test_fwht_is_an_involution_and_orthonormal():
   np.testing.assert_allclose(jnp.linalg.norm(y, axis=-1), jnp.linalg.norm(x, axis=-1), rtol=1e-5)
 
 
-def test_fwht_blocked_path_equals_unblocked():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fwht_blocked_path_equals_unblocked(impl):
   # More rows than one lax.map block (2^20 / 512 = 2048 rows), and a ragged count.
   x = jax.random.normal(jax.random.key(1), (2 * 2048 + 3, 512))
   ref = np.asarray(x) @ K.hadamard_matrix(512) / math.sqrt(512)
-  np.testing.assert_allclose(K.fwht(x), ref, atol=1e-5)
+  np.testing.assert_allclose(K.fwht(x, impl=impl), ref, atol=1e-5)
 
 
 def _numpy_fwht(x):
@@ -49,13 +56,64 @@ def _numpy_fwht(x):
   return v.reshape(x.shape) / math.sqrt(d)
 
 
-def test_fwht_split_path_for_long_rows():
-  # Rows above 2^16 are split as H_(d/b) (x) H_b; check that path and pre/post.
+@pytest.mark.parametrize("impl", IMPLS)
+def test_fwht_split_path_for_long_rows(impl):
+  # Rows above 2^16 (XLA: split as H_(d/b) (x) H_b; native: two-phase) and pre/post.
   x = np.random.default_rng(0).standard_normal((2, 2**17)).astype(np.float32)
   signs = np.sign(np.random.default_rng(1).standard_normal(2**17)).astype(np.float32)
-  np.testing.assert_allclose(K.fwht(jnp.asarray(x)), _numpy_fwht(x), atol=2e-6)
-  np.testing.assert_allclose(K.fwht(jnp.asarray(x), pre=jnp.asarray(signs), post=jnp.asarray(signs)),
-                             _numpy_fwht(x * signs) * signs, atol=2e-6)
+  scale = np.random.default_rng(2).standard_normal(2**17).astype(np.float32)
+  np.testing.assert_allclose(K.fwht(jnp.asarray(x), impl=impl), _numpy_fwht(x), atol=2e-6)
+  np.testing.assert_allclose(
+      K.fwht(jnp.asarray(x), pre=jnp.asarray(signs), post=jnp.asarray(scale), impl=impl),
+      _numpy_fwht(x * signs) * scale, atol=1e-5)
+
+
+@pytest.mark.parametrize("d", [4, 2048, 2**13])
+def test_native_fwht_under_vmap_with_per_client_signs_equals_a_loop(d):
+  # vmap hands the kernel batched x and batched pre/post (one sign vector per
+  # client, as rotate draws them); each client must get exactly its own.
+  if not native.fwht_available():
+    pytest.skip("the native FWHT did not build")
+  x = jax.random.normal(jax.random.key(2), (5, 3, d))
+  signs = K.rademacher(jax.random.key(3), (5, d))
+  f = lambda v, s: K.fwht(v, pre=s, post=-s, impl="native")
+  looped = np.stack([np.asarray(f(x[i], signs[i])) for i in range(5)])
+  np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(f))(x, signs)), looped)
+  # Shared signs with a batched x take the same single row for every client.
+  shared = np.stack([np.asarray(f(x[i], signs[0])) for i in range(5)])
+  np.testing.assert_array_equal(np.asarray(jax.vmap(lambda v: f(v, signs[0]))(x)), shared)
+  np.testing.assert_allclose(looped[:, 0], np.asarray(K.fwht(x[:, 0] * signs, impl="xla")) * -signs,
+                             atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("d", [8, 32, 2048, 2**17])
+def test_fwht_sign_words_are_exactly_the_float_signs(d, impl):
+  # pre_signs/post_signs (packed bits, read by the native kernel) must give
+  # exactly what the same signs as floats give: flipping a sign is exact.
+  keys = jax.random.split(jax.random.key(4), 3)
+  x = jax.random.normal(keys[0], (3, d))
+  words = jax.vmap(lambda k: K.rademacher_words(k, d))(keys)  # one sign vector per row
+  signs = K.signs_from_words(words, d)
+  np.testing.assert_array_equal(signs, np.stack([K.rademacher(k, (d,)) for k in keys]))
+  f = jax.vmap(lambda v, w: K.fwht(v, pre_signs=w, post_signs=w, impl=impl))
+  g = jax.vmap(lambda v, s: K.fwht(v, pre=s, post=s, impl=impl))
+  np.testing.assert_array_equal(np.asarray(f(x, words)), np.asarray(g(x, signs)))
+  with pytest.raises(ValueError, match="not both"):
+    K.fwht(x, pre=signs[0], pre_signs=words[0])
+
+
+def test_native_fwht_switch_and_a_failed_build_fall_back(monkeypatch):
+  build = native.fwht_available.__wrapped__  # uncached: the real check, run again
+  monkeypatch.setenv("FEDJAX_COMP_NATIVE", "0")
+  assert build() is False
+  monkeypatch.setenv("FEDJAX_COMP_NATIVE", "1")
+  monkeypatch.setattr(native, "_compiler", lambda: "/bin/false")
+  assert build() is False
+  with pytest.raises(ValueError, match="impl must be"):
+    K.fwht(jnp.ones((2, 8)), impl="fast")
+  with jax.enable_x64(True), pytest.raises(RuntimeError, match="float32"):
+    K.fwht(jnp.ones((2, 8), jnp.float64), impl="native")
 
 
 def test_fwht_rejects_bad_length_and_dtype():

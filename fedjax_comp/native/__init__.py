@@ -1,0 +1,141 @@
+"""Native CPU kernels, compiled on first use and called through XLA's FFI.
+
+One kernel today: the fast Walsh-Hadamard transform (`fwht.cc`), which makes
+two passes over memory where XLA:CPU's fusions of `kernels.fwht` make about
+ten. `kernels.fwht` calls it on the CPU for float32 when it is available, and
+keeps its XLA path on GPU/TPU, for float64, and wherever the kernel cannot
+be built.
+
+Building: the first call compiles `fwht.cc` with the C++ compiler (``$CXX``,
+else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
+``-O3 -march=native`` into ``$FEDJAX_COMP_CACHE/native/<key>/`` (about 4 s,
+once), where the key hashes the source, the flags, the compiler's version,
+jaxlib's version and this CPU's model and flags, so a cache shared between
+machines never loads a binary built for another CPU. Concurrent processes
+each build to a private file and rename it into place.
+
+``FEDJAX_COMP_NATIVE=0`` turns the kernel off (the XLA path everywhere). A
+failed build logs the compiler's message once and falls back; nothing else
+changes, but the last bits of a rotation differ between the two paths (their
+additions are grouped differently), so runs compare bit for bit only on
+machines that agree on whether the kernel is built.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+import subprocess
+import tempfile
+
+import jax
+import jaxlib
+import numpy as np
+from absl import logging
+
+FWHT_TARGET = "fedjax_comp_fwht"
+_SOURCE = pathlib.Path(__file__).with_name("fwht.cc")
+_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+
+
+def _compiler() -> str | None:
+  for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+    if name and shutil.which(name):
+      return shutil.which(name)
+  return None
+
+
+def _cpu_signature() -> str:
+  try:
+    text = pathlib.Path("/proc/cpuinfo").read_text()
+  except OSError:
+    import platform  # pylint: disable=g-import-not-at-top
+    return platform.processor() + platform.machine()
+  keep = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
+  return "\n".join(sorted(set(keep)))
+
+
+def _build_dir() -> pathlib.Path:
+  from fedjax_comp.data.sources import cache_dir  # pylint: disable=g-import-not-at-top
+  return cache_dir() / "native"
+
+
+def _build(compiler: str) -> pathlib.Path:
+  """Compiles fwht.cc (or finds it compiled) and returns the shared library's path."""
+  version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
+                           check=False).stdout
+  key = hashlib.sha256("\0".join([
+      _SOURCE.read_text(), " ".join(_FLAGS), version, jaxlib.__version__, _cpu_signature(),
+  ]).encode()).hexdigest()[:16]
+  out_dir = _build_dir() / key
+  lib = out_dir / "libfedjax_comp_native.so"
+  if lib.exists():
+    return lib
+  out_dir.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+  os.close(fd)
+  try:
+    cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+      raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    os.replace(tmp, lib)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+  return lib
+
+
+@functools.cache
+def fwht_available() -> bool:
+  """Whether the native FWHT is built and registered (builds it on the first call)."""
+  if os.environ.get("FEDJAX_COMP_NATIVE", "1") == "0":
+    return False
+  compiler = _compiler()
+  if compiler is None:
+    logging.warning("fedjax_comp.native: no C++ compiler found ($CXX, c++, g++, clang++); "
+                    "kernels.fwht uses its XLA path (about 3-10x slower on a CPU)")
+    return False
+  try:
+    lib = ctypes.cdll.LoadLibrary(str(_build(compiler)))
+    jax.ffi.register_ffi_target(FWHT_TARGET, jax.ffi.pycapsule(lib.FedjaxCompFwht),
+                                platform="cpu")
+  except (OSError, RuntimeError, subprocess.SubprocessError) as e:
+    logging.warning("fedjax_comp.native: building the FWHT kernel failed, so kernels.fwht "
+                    "uses its XLA path: %s", e)
+    return False
+  return True
+
+
+def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
+         scale: float) -> jax.Array:
+  """``post * (scale * H (pre * x))`` over the last axis of float32 ``x`` (``[rows, n]``).
+
+  pre and post are float32 ``[n]``, or uint32 sign words ``[n / 32]`` (bit j
+  of word j // 32 set: -1; n >= 32), or None; under `jax.vmap` they may carry
+  the batch axes too. Call only where `fwht_available()` is true, on a CPU.
+  """
+  n = x.shape[-1]
+  no_floats, no_words = np.zeros((0, n), np.float32), np.zeros((0, max(n // 32, 1)), np.uint32)
+
+  def operands(m):
+    if m is None:
+      return no_floats, no_words
+    if m.dtype == np.uint32:
+      if n < 32 or m.shape[-1] != n // 32:
+        raise ValueError(f"native.fwht: sign words need n >= 32 and n / 32 words, got "
+                         f"{m.shape[-1]} for n = {n}")
+      return no_floats, m.reshape(-1, n // 32)
+    return m.reshape(-1, n), no_words
+
+  (pre_f, pre_w), (post_f, post_w) = operands(pre), operands(post)
+  # In place: the output takes x's buffer (XLA copies x first if it is still
+  # needed), so a donated or temporary x costs no fresh allocation, whose
+  # first-touch page faults alone cost about a copy's time on a CPU.
+  call = jax.ffi.ffi_call(FWHT_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          vmap_method="broadcast_all", input_output_aliases={0: 0})
+  return call(x, pre_f, post_f, pre_w, post_w, scale=np.float32(scale))

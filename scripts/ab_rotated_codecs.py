@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+r"""Paired A/B of the rotated codecs' kernels: what each choice in DRIVE/EDEN costs.
+
+::
+
+  .venv/bin/python scripts/ab_rotated_codecs.py              # d = 2^21
+  .venv/bin/python scripts/ab_rotated_codecs.py --log2_dim=20 --repeats=15
+
+On one vector of d float32 coordinates it alternates, per row, the chosen
+implementation with the alternative and prints both medians and their ratio
+(`benchmarks._timing.Pair`, median of per-pair quotients):
+
+1. the centroid lookup after `kernels.unpack` (the decode): ``jnp.take`` of
+   the table against the chain of selects ``where(codes >= j, c_j, q)``
+   (XLA:CPU fuses the unpack into every select and recomputes it);
+2. ``sum(a * b)`` over the vector: `kernels.row_dot` (a dot product)
+   against ``jnp.sum(a * b, axis=-1)`` (one slow YNNPACK reduction);
+3. encode + decode of ``drive`` and ``eden`` at 1, 2, 4 and 0.5 bits with
+   the native FWHT (`fedjax_comp.native`) against XLA's butterflies, both
+   with the codec code of today;
+4. the FWHT alone, native against XLA, and numpy's memcpy of the same
+   vector for scale.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks._throughput_setup import memcpy_seconds  # noqa: E402
+from benchmarks._timing import Pair  # noqa: E402
+from fedjax_comp import codecs, kernels, native  # noqa: E402
+from fedjax_comp.codecs.rotated_codes import lloyd_max  # noqa: E402
+
+
+def select_chain(table: np.ndarray, codes: jax.Array) -> jax.Array:
+  q = jnp.full(codes.shape, table[0])
+  for j in range(1, len(table)):
+    q = jnp.where(codes >= j, table[j], q)
+  return q
+
+
+def jit_with_fwht(fn, use_native: bool):
+  """`fn` jitted (and traced now) with `kernels.fwht`'s native path on or off."""
+  real = native.fwht_available
+  kernels.native.fwht_available = real if use_native else (lambda: False)
+  try:
+    jitted = jax.jit(lambda v: fn(v))  # a fresh function: no trace shared with the other side
+    jax.block_until_ready(jitted(X))
+  finally:
+    kernels.native.fwht_available = real
+  return jitted
+
+
+def row(label: str, chosen, other, args, repeats: int) -> None:
+  pair = Pair(lambda: chosen(*args), lambda: other(*args), repeats=repeats, span_s=0.05)
+  ratio = pair.ratio()
+  print(f"{label:<34} {pair.medians[0] * 1e3:8.2f} ms  vs {pair.medians[1] * 1e3:8.2f} ms"
+        f"   chosen/other {ratio:.2f}", flush=True)
+
+
+X = None
+
+
+def main(argv=None) -> int:
+  global X
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--log2_dim", type=int, default=21)
+  parser.add_argument("--repeats", type=int, default=9)
+  args = parser.parse_args(argv)
+  if not 10 <= args.log2_dim <= 24:
+    parser.error(f"--log2_dim must be in [10, 24], got {args.log2_dim}")
+  if args.repeats < 3:
+    parser.error(f"--repeats must be >= 3, got {args.repeats}")
+  d = 2**args.log2_dim
+  key = jax.random.key(1)
+  X = jax.random.normal(jax.random.key(0), (d,), jnp.float32)
+  print(f"d = 2^{args.log2_dim}, {jax.device_count()} device(s), native FWHT "
+        f"{'built' if native.fwht_available() else 'NOT built'}; memcpy "
+        f"{memcpy_seconds(X, 21) * 1e3:.3f} ms")
+  print("1. centroid lookup after unpack: take (chosen) vs select chain")
+  for bits in (1, 2, 4):
+    table = np.asarray(lloyd_max(bits)[0], np.float32)
+    codes = jax.random.randint(key, (d,), 0, 2**bits).astype(jnp.uint32)
+    words = kernels.pack(codes, bits)
+    take = jax.jit(lambda w, t=jnp.asarray(table), b=bits: jnp.take(t, kernels.unpack(w, b, d),
+                                                                     mode="clip"))
+    chain = jax.jit(lambda w, t=table, b=bits: select_chain(t, kernels.unpack(w, b, d)))
+    row(f"   b = {bits}", take, chain, (words,), args.repeats)
+  print("2. sum(a * b): kernels.row_dot (chosen) vs jnp.sum")
+  b = jax.random.normal(key, (1, d))
+  row("   [1, d]", jax.jit(kernels.row_dot),
+      jax.jit(lambda u, v: jnp.sum(u * v, axis=-1, keepdims=True)), (X[None], b), args.repeats)
+  if not native.fwht_available():
+    print("3-4 skipped: the native FWHT is not built")
+    return 0
+  print("3. encode + decode: native FWHT (chosen) vs XLA's")
+  for spec in ("drive", "eden(bits=1)", "eden(bits=2)", "eden(bits=4)", "eden(bits=0.5)"):
+    codec = codecs.parse(spec)
+
+    def roundtrip(v, c=codec):
+      payload, _ = c.encode(key, v, c.init(v))
+      return c.decode(key, payload)
+
+    row(f"   {spec}", jit_with_fwht(roundtrip, True), jit_with_fwht(roundtrip, False), (X,),
+        args.repeats)
+  print("4. the FWHT alone: native (chosen) vs XLA's")
+  row("   fwht", jit_with_fwht(kernels.fwht, True), jit_with_fwht(kernels.fwht, False), (X,),
+      args.repeats)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
