@@ -267,13 +267,18 @@ def make_dme_fns(codec: codecs.Codec, dim: int, mesh):
   def decode_local(trial_key, ids, payloads):
     return jax.vmap(codec.decode)(client_keys(trial_key, ids), payloads)
 
+  def sum_clients(x):
+    # A [1, n] x [n, dim] product: XLA:CPU's reduce over a short leading axis of long rows
+    # runs in YNNPACK at 1-2% of memory speed (161 ms against 3.4 ms for [16, 2^20]).
+    return jnp.matmul(jnp.ones((1, x.shape[0]), x.dtype), x, precision=jax.lax.Precision.HIGHEST)[0]
+
   def decode_sum(trial_key, ids, payloads):
-    return jax.lax.psum(jnp.sum(decode_local(trial_key, ids, payloads), axis=0), CLIENTS_AXIS)
+    return jax.lax.psum(sum_clients(decode_local(trial_key, ids, payloads)), CLIENTS_AXIS)
 
   def eval_local(trial_key, ids, payloads, xs):
     x_hat = decode_local(trial_key, ids, payloads)
     rel = jnp.sum((x_hat - xs)**2, axis=-1) / jnp.sum(xs**2, axis=-1)
-    sums = jax.lax.psum((jnp.sum(x_hat, axis=0), jnp.sum(xs, axis=0)), CLIENTS_AXIS)
+    sums = jax.lax.psum((sum_clients(x_hat), sum_clients(xs)), CLIENTS_AXIS)
     return rel, sums
 
   @jax.jit

@@ -106,6 +106,13 @@ def fwht(x: jax.Array, *, pre: jax.Array | None = None, post: jax.Array | None =
     raise ValueError(f"fwht: impl must be 'auto', 'xla' or 'native', got {impl!r}")
   if (pre is not None and pre_signs is not None) or (post is not None and post_signs is not None):
     raise ValueError("fwht: give pre or pre_signs (post or post_signs), not both")
+  for name, m in (("pre", pre), ("post", post)):
+    if m is not None and tuple(m.shape) != (d,):
+      raise ValueError(f"fwht: {name} must have shape ({d},) (the last axis), got {tuple(m.shape)}")
+  for name, m in (("pre_signs", pre_signs), ("post_signs", post_signs)):
+    if m is not None and (m.dtype != jnp.uint32 or tuple(m.shape) != (-(-d // 32),)):
+      raise ValueError(f"fwht: {name} must be uint32 words of shape ({-(-d // 32)},) "
+                       f"(rademacher_words), got {m.dtype}{list(m.shape)}")
   _check_float(x, "fwht")
   dtype = x.dtype
   work = jnp.float64 if dtype == jnp.float64 else jnp.float32

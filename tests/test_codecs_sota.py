@@ -160,6 +160,21 @@ def test_eden_is_unbiased_within_the_trial_noise_at_a_large_dimension():
     assert rel < 1.5 * vnmse / trials, (spec, rel, vnmse / trials)
 
 
+@pytest.mark.parametrize("spec,where", [
+    ("drive", 0), ("eden(bits=2)", 999), ("eden(bits=2,block=256)", 999),  # a later block
+    ("eden(bits=0.5)", 5), ("eden(bits=4,scale=mse)", 0)])
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_rotated_codecs_turn_any_non_finite_coordinate_into_a_nan_update(spec, where, bad):
+  # The encoder reads finiteness off max|rotated y| (a bad coordinate reaches
+  # every rotated coordinate of its block): every block's scale must be NaN.
+  codec = C.parse(spec)
+  x = jax.random.normal(jax.random.key(3), (1000,)).at[where].set(bad)
+  key = jax.random.key(4)
+  payload, _ = codec.encode(key, x, codec.init(x))
+  assert np.all(np.isnan(np.asarray(payload.scale)))
+  assert np.all(np.isnan(np.asarray(codec.decode(key, payload))))
+
+
 def test_top_k_keeps_exactly_the_largest_and_ties_by_index():
   x = jnp.array([0.5, -3.0, 2.0, -2.0, 0.1, 2.0, 1.0])
   for select in (C.sparsification.top_k_mask, C.sparsification.top_k_mask_bisection):

@@ -103,7 +103,34 @@ def test_fwht_sign_words_are_exactly_the_float_signs(d, impl):
     K.fwht(x, pre=signs[0], pre_signs=words[0])
 
 
-def test_native_fwht_switch_and_a_failed_build_fall_back(monkeypatch):
+def test_native_fwht_gradients_equal_autodiff_of_the_xla_butterflies():
+  # The native path is an FFI call with a hand-written VJP (H is symmetric:
+  # the cotangent of x is the same call with pre and post swapped).
+  if not native.fwht_available():
+    pytest.skip("the native FWHT did not build")
+  keys = jax.random.split(jax.random.key(5), 5)
+  x, c = jax.random.normal(keys[0], (3, 4096)), jax.random.normal(keys[1], (3, 4096))
+  p, q = jax.random.normal(keys[2], (4096,)), jax.random.normal(keys[3], (4096,))
+  words = K.rademacher_words(keys[4], 4096)
+
+  def grads(impl):
+    f = lambda x, p, q: jnp.sum(K.fwht(x, pre=p, post=q, impl=impl) * c)
+    g = lambda x: jnp.sum(K.fwht(x, pre_signs=words, post_signs=words, impl=impl) ** 2)
+    return (*jax.grad(f, argnums=(0, 1, 2))(x, p, q), jax.grad(g)(x))
+
+  for got, want in zip(grads("native"), grads("xla")):
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=2e-4)
+
+
+def test_fwht_names_a_misshapen_multiplier():
+  with pytest.raises(ValueError, match=r"pre must have shape \(8,\)"):
+    K.fwht(jnp.ones((2, 8)), pre=jnp.ones((2, 8)))
+  with pytest.raises(ValueError, match="post_signs must be uint32 words of shape"):
+    K.fwht(jnp.ones((2, 64)), post_signs=jnp.ones((2,), jnp.int32))
+
+
+def test_native_fwht_switch_and_a_failed_build_fall_back(monkeypatch, tmp_path):
+  monkeypatch.setenv("FEDJAX_COMP_CACHE", str(tmp_path))  # the failed build's folder lands here
   build = native.fwht_available.__wrapped__  # uncached: the real check, run again
   monkeypatch.setenv("FEDJAX_COMP_NATIVE", "0")
   assert build() is False

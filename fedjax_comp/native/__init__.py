@@ -33,6 +33,7 @@ import subprocess
 import tempfile
 
 import jax
+import jax.numpy as jnp
 import jaxlib
 import numpy as np
 from absl import logging
@@ -49,14 +50,16 @@ def _compiler() -> str | None:
   return None
 
 
-def _cpu_signature() -> str:
-  try:
-    text = pathlib.Path("/proc/cpuinfo").read_text()
-  except OSError:
-    import platform  # pylint: disable=g-import-not-at-top
-    return platform.processor() + platform.machine()
-  keep = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-  return "\n".join(sorted(set(keep)))
+def _cpu_signature(compiler: str) -> str:
+  """What ``-march=native`` means here: the compiler's predefined macros for it.
+
+  They list every instruction-set feature the build may use (``__AVX2__``,
+  ``__ARM_FEATURE_SVE``, ...) on any architecture, so a cache shared between
+  machines never hands one CPU a binary built for another.
+  """
+  done = subprocess.run([compiler, "-march=native", "-E", "-dM", "-x", "c++", os.devnull],
+                        capture_output=True, text=True, check=False)
+  return "\n".join(sorted(done.stdout.splitlines())) + done.stderr
 
 
 def _build_dir() -> pathlib.Path:
@@ -69,7 +72,8 @@ def _build(compiler: str) -> pathlib.Path:
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                            check=False).stdout
   key = hashlib.sha256("\0".join([
-      _SOURCE.read_text(), " ".join(_FLAGS), version, jaxlib.__version__, _cpu_signature(),
+      _SOURCE.read_text(), " ".join(_FLAGS), version, jaxlib.__version__,
+      _cpu_signature(compiler),
   ]).encode()).hexdigest()[:16]
   out_dir = _build_dir() / key
   lib = out_dir / "libfedjax_comp_native.so"
@@ -83,6 +87,9 @@ def _build(compiler: str) -> pathlib.Path:
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o755 & ~umask)  # mkstemp made it 0600: others sharing the cache load it too
     os.replace(tmp, lib)
   finally:
     if os.path.exists(tmp):
@@ -111,14 +118,7 @@ def fwht_available() -> bool:
   return True
 
 
-def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
-         scale: float) -> jax.Array:
-  """``post * (scale * H (pre * x))`` over the last axis of float32 ``x`` (``[rows, n]``).
-
-  pre and post are float32 ``[n]``, or uint32 sign words ``[n / 32]`` (bit j
-  of word j // 32 set: -1; n >= 32), or None; under `jax.vmap` they may carry
-  the batch axes too. Call only where `fwht_available()` is true, on a CPU.
-  """
+def _call(x, pre, post, scale: float):
   n = x.shape[-1]
   no_floats, no_words = np.zeros((0, n), np.float32), np.zeros((0, max(n // 32, 1)), np.uint32)
 
@@ -126,9 +126,6 @@ def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
     if m is None:
       return no_floats, no_words
     if m.dtype == np.uint32:
-      if n < 32 or m.shape[-1] != n // 32:
-        raise ValueError(f"native.fwht: sign words need n >= 32 and n / 32 words, got "
-                         f"{m.shape[-1]} for n = {n}")
       return no_floats, m.reshape(-1, n // 32)
     return m.reshape(-1, n), no_words
 
@@ -139,3 +136,35 @@ def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
   call = jax.ffi.ffi_call(FWHT_TARGET, jax.ShapeDtypeStruct(x.shape, x.dtype),
                           vmap_method="broadcast_all", input_output_aliases={0: 0})
   return call(x, pre_f, post_f, pre_w, post_w, scale=np.float32(scale))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
+         scale: float) -> jax.Array:
+  """``post * (scale * H (pre * x))`` over the last axis of float32 ``x`` (``[rows, n]``).
+
+  pre and post are float32 ``[n]``, or uint32 sign words ``[n / 32]`` (bit j
+  of word j // 32 set: -1; n >= 32), or None; under `jax.vmap` they may carry
+  the batch axes too. Call only where `fwht_available()` is true, on a CPU.
+  Differentiable in x and in float pre/post (reverse mode: H is symmetric,
+  so the cotangent of x is the same call with pre and post swapped).
+  """
+  return _call(x, pre, post, scale)
+
+
+def _fwht_fwd(x, pre, post, scale):
+  return _call(x, pre, post, scale), (x, pre, post)
+
+
+def _fwht_bwd(scale, residuals, g):
+  x, pre, post = residuals
+  floats = lambda m: m is not None and m.dtype != np.uint32
+  d_x = _call(g, post, pre, scale)
+  # y = post * scale H (pre * x): d pre = x * scale H (post * g), d post = g * scale H (pre * x),
+  # each summed over the rows that shared it.
+  d_pre = jnp.sum(x * _call(g, post, None, scale), axis=0) if floats(pre) else None
+  d_post = jnp.sum(g * _call(x, pre, None, scale), axis=0) if floats(post) else None
+  return d_x, d_pre, d_post
+
+
+fwht.defvjp(_fwht_fwd, _fwht_bwd)

@@ -34,6 +34,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -54,6 +55,10 @@ constexpr int64_t kRowInCache = 1 << 16;  // longest row done in one pass: 256 K
 #define FWHT_UNIT (1 << 14)
 #endif
 constexpr int64_t kUnit = FWHT_UNIT;  // phase-1 unit of longer rows: 64 KiB
+constexpr bool Pow2(int64_t v) { return v > 0 && (v & (v - 1)) == 0; }
+static_assert(Pow2(kBlock) && Pow2(kCols) && Pow2(kUnit) && Pow2(kRowInCache));
+static_assert(kBlock >= 32 && kCols >= 32, "sign bits come in words of 32 coordinates");
+static_assert(kBlock <= kUnit && kUnit < kRowInCache && kCols <= kUnit);
 
 // H_8 on 8 consecutive floats (the three stages of stride 1, 2, 4), as
 // three (shuffle, multiply-add) pairs on one 8-float vector: stage s adds to
@@ -63,21 +68,19 @@ constexpr int64_t kUnit = FWHT_UNIT;  // phase-1 unit of longer rows: 64 KiB
 typedef float V8 __attribute__((vector_size(32)));
 typedef int I8 __attribute__((vector_size(32)));
 
-inline V8 Shuffle(V8 v, I8 mask) {
-#if defined(__clang__)
-  return __builtin_shufflevector(v, v, mask[0], mask[1], mask[2], mask[3], mask[4], mask[5],
-                                 mask[6], mask[7]);
+// Literal indices: __builtin_shufflevector needs constants (clang; GCC >= 12).
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
+#define FWHT_SHUFFLE8(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
 #else
-  return __builtin_shuffle(v, mask);
+#define FWHT_SHUFFLE8(v, ...) __builtin_shuffle(v, I8{__VA_ARGS__})
 #endif
-}
 
 inline void H8(float* x) {
   V8 v;
   __builtin_memcpy(&v, x, sizeof(v));
-  v = Shuffle(v, I8{1, 0, 3, 2, 5, 4, 7, 6}) + v * V8{1, -1, 1, -1, 1, -1, 1, -1};
-  v = Shuffle(v, I8{2, 3, 0, 1, 6, 7, 4, 5}) + v * V8{1, 1, -1, -1, 1, 1, -1, -1};
-  v = Shuffle(v, I8{4, 5, 6, 7, 0, 1, 2, 3}) + v * V8{1, 1, 1, 1, -1, -1, -1, -1};
+  v = FWHT_SHUFFLE8(v, 1, 0, 3, 2, 5, 4, 7, 6) + v * V8{1, -1, 1, -1, 1, -1, 1, -1};
+  v = FWHT_SHUFFLE8(v, 2, 3, 0, 1, 6, 7, 4, 5) + v * V8{1, 1, -1, -1, 1, 1, -1, -1};
+  v = FWHT_SHUFFLE8(v, 4, 5, 6, 7, 0, 1, 2, 3) + v * V8{1, 1, 1, 1, -1, -1, -1, -1};
   __builtin_memcpy(x, &v, sizeof(v));
 }
 
@@ -332,9 +335,10 @@ ffi::Error FwhtImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   });
   constexpr int64_t groups = kUnit / kCols;
   ParallelFor(pool, rows * groups, 4, [=](int64_t it) {
-    std::unique_ptr<float[]> buf(new float[m * kCols]);
+    thread_local std::vector<float> buf;  // one per thread, grown as needed
+    if (static_cast<int64_t>(buf.size()) < m * kCols) buf.resize(m * kCols);
     const int64_t r = it / groups;
-    Phase2(out + r * n, m, kUnit, (it % groups) * kCols, post_rows.Of(r), scale, buf.get());
+    Phase2(out + r * n, m, kUnit, (it % groups) * kCols, post_rows.Of(r), scale, buf.data());
   });
   return ffi::Error::Success();
 }
