@@ -22,7 +22,10 @@ implementation with the alternative and prints both medians and their ratio
    vector for scale;
 5. the leaderboard's shape: 10 clients' updates of the MLP (15,210
    coordinates) encoded, decoded and summed in one jitted vmap, native FWHT
-   against XLA's, for DRIVE, EDEN-2 and the 256x sketch.
+   against XLA's, for DRIVE, EDEN-2 and the 256x sketch;
+6. EDEN's fractional bits (b = 1/2): the encode with one coordinate per
+   stratum of 2 picked by selects (`rotated_codes.keep_coordinates`)
+   against the same encode with the gather ``y[:, idx]``.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ import numpy as np  # noqa: E402
 from benchmarks._throughput_setup import memcpy_seconds  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 from fedjax_comp import codecs, kernels, native  # noqa: E402
+from fedjax_comp.codecs import rotated_codes  # noqa: E402
 from fedjax_comp.codecs.rotated_codes import lloyd_max  # noqa: E402
 
 
@@ -120,6 +124,7 @@ def main(argv=None) -> int:
   row("   fwht", jit_with_fwht(kernels.fwht, True), jit_with_fwht(kernels.fwht, False), (X,),
       args.repeats)
   print("5. 10 clients x 15,210 (the leaderboard's round): native FWHT (chosen) vs XLA's")
+  X1 = X
   X = jax.random.normal(jax.random.key(2), (10, 15210), jnp.float32)
   client_keys = jax.random.split(key, 10)
   for spec in ("drive", "eden(bits=2)",
@@ -134,6 +139,19 @@ def main(argv=None) -> int:
 
     row(f"   {spec[:32]}", jit_with_fwht(cohort, True), jit_with_fwht(cohort, False), (X,),
         args.repeats)
+  print("6. eden(bits=0.5) encode: selects over strata (chosen) vs the gather")
+  codec = codecs.parse("eden(bits=0.5)")
+  encode = lambda v, c=codec: c.encode(key, v, c.init(v))[0].words
+  chosen = jax.jit(lambda v: encode(v))
+  jax.block_until_ready(chosen(X1))
+  keep = rotated_codes.keep_coordinates
+  rotated_codes.keep_coordinates = lambda y, idx: y[:, idx]
+  try:
+    gather = jax.jit(lambda v: encode(v))  # traced now, with the gather
+    jax.block_until_ready(gather(X1))
+  finally:
+    rotated_codes.keep_coordinates = keep
+  row("   encode", chosen, gather, (X1,), args.repeats)
   return 0
 
 

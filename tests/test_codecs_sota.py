@@ -175,6 +175,15 @@ def test_rotated_codecs_turn_any_non_finite_coordinate_into_a_nan_update(spec, w
   assert np.all(np.isnan(np.asarray(codec.decode(key, payload))))
 
 
+@pytest.mark.parametrize("n,k", [(16, 8), (4096, 1024), (64, 8), (1000, 300), (64, 4), (7, 7)])
+def test_kept_coordinates_are_the_gather_exactly(n, k):
+  # Equal strata of <= 8 take the select path, the rest the gather.
+  idx, _ = K.stratified_indices(jax.random.key(9), n, k)
+  y = jax.random.normal(jax.random.key(10), (3, n))
+  np.testing.assert_array_equal(eden_lib.keep_coordinates(y, idx),
+                                np.asarray(y)[:, np.asarray(idx)])
+
+
 def test_top_k_keeps_exactly_the_largest_and_ties_by_index():
   x = jnp.array([0.5, -3.0, 2.0, -2.0, 0.1, 2.0, 1.0])
   for select in (C.sparsification.top_k_mask, C.sparsification.top_k_mask_bisection):
