@@ -160,10 +160,10 @@ def test_eden_is_unbiased_within_the_trial_noise_at_a_large_dimension():
     assert rel < 1.5 * vnmse / trials, (spec, rel, vnmse / trials)
 
 
-@pytest.mark.parametrize("spec,where", [
-    ("drive", 0), ("eden(bits=2)", 999), ("eden(bits=2,block=256)", 999),  # a later block
-    ("eden(bits=0.5)", 5), ("eden(bits=4,scale=mse)", 0)])
-@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("spec,where,bad", [
+    ("drive", 0, np.inf), ("drive", 0, -np.inf), ("drive", 0, np.nan),
+    ("eden(bits=2,block=256)", 999, np.inf),  # in a later block
+    ("eden(bits=0.5)", 5, -np.inf), ("eden(bits=4,scale=mse)", 0, np.nan)])
 def test_rotated_codecs_turn_any_non_finite_coordinate_into_a_nan_update(spec, where, bad):
   # The encoder reads finiteness off max|rotated y| (a bad coordinate reaches
   # every rotated coordinate of its block): every block's scale must be NaN.
