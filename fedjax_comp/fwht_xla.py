@@ -27,7 +27,6 @@ _FWHT_SPLIT_LEN = 2**16
 _FWHT_SPLIT_INNER = 2**14
 
 
-
 def hadamard_matrix(d: int, dtype=np.float64) -> np.ndarray:
   """The dense Sylvester Hadamard matrix H_d (entries +-1, unnormalized)."""
   if d < 1 or d & (d - 1):

@@ -56,13 +56,13 @@ def select_chain(table: np.ndarray, codes: jax.Array) -> jax.Array:
   return q
 
 
-def jit_with_fwht(fn, use_native: bool):
-  """`fn` jitted (and traced now) with `kernels.fwht`'s native path on or off."""
+def jit_with_fwht(fn, use_native: bool, example):
+  """`fn` jitted (and traced now, on `example`) with `kernels.fwht`'s native path on or off."""
   real = native.fwht_available
   kernels.native.fwht_available = real if use_native else (lambda: False)
   try:
     jitted = jax.jit(lambda v: fn(v))  # a fresh function: no trace shared with the other side
-    jax.block_until_ready(jitted(X))
+    jax.block_until_ready(jitted(example))
   finally:
     kernels.native.fwht_available = real
   return jitted
@@ -75,11 +75,7 @@ def row(label: str, chosen, other, args, repeats: int) -> None:
         f"   chosen/other {ratio:.2f}", flush=True)
 
 
-X = None
-
-
 def main(argv=None) -> int:
-  global X
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--log2_dim", type=int, default=21)
   parser.add_argument("--repeats", type=int, default=9)
@@ -90,10 +86,10 @@ def main(argv=None) -> int:
     parser.error(f"--repeats must be >= 3, got {args.repeats}")
   d = 2**args.log2_dim
   key = jax.random.key(1)
-  X = jax.random.normal(jax.random.key(0), (d,), jnp.float32)
+  x = jax.random.normal(jax.random.key(0), (d,), jnp.float32)
   print(f"d = 2^{args.log2_dim}, {jax.device_count()} device(s), native FWHT "
         f"{'built' if native.fwht_available() else 'NOT built'}; memcpy "
-        f"{memcpy_seconds(X, 21) * 1e3:.3f} ms")
+        f"{memcpy_seconds(x, 21) * 1e3:.3f} ms")
   print("1. centroid lookup after unpack: take (chosen) vs select chain")
   for bits in (1, 2, 4):
     table = np.asarray(lloyd_max(bits)[0], np.float32)
@@ -106,7 +102,7 @@ def main(argv=None) -> int:
   print("2. sum(a * b): kernels.row_dot (chosen) vs jnp.sum")
   b = jax.random.normal(key, (1, d))
   row("   [1, d]", jax.jit(kernels.row_dot),
-      jax.jit(lambda u, v: jnp.sum(u * v, axis=-1, keepdims=True)), (X[None], b), args.repeats)
+      jax.jit(lambda u, v: jnp.sum(u * v, axis=-1, keepdims=True)), (x[None], b), args.repeats)
   if not native.fwht_available():
     print("3-4 skipped: the native FWHT is not built")
     return 0
@@ -118,14 +114,13 @@ def main(argv=None) -> int:
       payload, _ = c.encode(key, v, c.init(v))
       return c.decode(key, payload)
 
-    row(f"   {spec}", jit_with_fwht(roundtrip, True), jit_with_fwht(roundtrip, False), (X,),
-        args.repeats)
+    row(f"   {spec}", jit_with_fwht(roundtrip, True, x), jit_with_fwht(roundtrip, False, x),
+        (x,), args.repeats)
   print("4. the FWHT alone: native (chosen) vs XLA's")
-  row("   fwht", jit_with_fwht(kernels.fwht, True), jit_with_fwht(kernels.fwht, False), (X,),
-      args.repeats)
+  row("   fwht", jit_with_fwht(kernels.fwht, True, x), jit_with_fwht(kernels.fwht, False, x),
+      (x,), args.repeats)
   print("5. 10 clients x 15,210 (the leaderboard's round): native FWHT (chosen) vs XLA's")
-  X1 = X
-  X = jax.random.normal(jax.random.key(2), (10, 15210), jnp.float32)
+  deltas = jax.random.normal(jax.random.key(2), (10, 15210), jnp.float32)
   client_keys = jax.random.split(key, 10)
   for spec in ("drive", "eden(bits=2)",
                "subsample(p=1/16),hadamard(flatten=true,block=1024),quantize(bits=2)"):
@@ -137,21 +132,21 @@ def main(argv=None) -> int:
         return c.decode(k, payload)
       return jnp.sum(jax.vmap(one)(client_keys, xs), axis=0)
 
-    row(f"   {spec[:32]}", jit_with_fwht(cohort, True), jit_with_fwht(cohort, False), (X,),
-        args.repeats)
+    row(f"   {spec[:32]}", jit_with_fwht(cohort, True, deltas),
+        jit_with_fwht(cohort, False, deltas), (deltas,), args.repeats)
   print("6. eden(bits=0.5) encode: selects over strata (chosen) vs the gather")
   codec = codecs.parse("eden(bits=0.5)")
   encode = lambda v, c=codec: c.encode(key, v, c.init(v))[0].words
   chosen = jax.jit(lambda v: encode(v))
-  jax.block_until_ready(chosen(X1))
+  jax.block_until_ready(chosen(x))
   keep = rotated_codes.keep_coordinates
   rotated_codes.keep_coordinates = lambda y, idx: y[:, idx]
   try:
     gather = jax.jit(lambda v: encode(v))  # traced now, with the gather
-    jax.block_until_ready(gather(X1))
+    jax.block_until_ready(gather(x))
   finally:
     rotated_codes.keep_coordinates = keep
-  row("   encode", chosen, gather, (X1,), args.repeats)
+  row("   encode", chosen, gather, (x,), args.repeats)
   return 0
 
 

@@ -185,8 +185,7 @@ def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
                      "coordinates are rescaled by 1/b, which only the unbiased scale expects")
   code_bits = 1 if fraction is not None else int(bits)
   boundaries = [np.float32(b) for b in lloyd_max(code_bits)[1]]
-  table_np = np.asarray(lloyd_max(code_bits)[0], np.float32)
-  table = jnp.asarray(table_np)
+  table = np.asarray(lloyd_max(code_bits)[0], np.float32)
 
   def centroid(codes):
     # A table lookup. A chain of selects (codes >= j) is 10-20% faster on a
@@ -231,9 +230,9 @@ def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
     # Elementwise from z (no [n, 2^b] reduce, no gather: XLA:CPU fuses the
     # comparisons into a gather's indices and runs it 5x slower).
     codes = sum((z > b).astype(jnp.uint32) for b in boundaries)
-    q = jnp.full(z.shape, table_np[0])
+    q = jnp.full(z.shape, table[0])
     for j, b in enumerate(boundaries):
-      q = jnp.where(z > b, table_np[j + 1], q)
+      q = jnp.where(z > b, table[j + 1], q)
     if scale == "unbiased":
       # S = ||y||^2 / <y, q>; with b < 1, both weighted by the stratum sizes the decode
       # multiplies in, so that E <x_hat, x> = ||x||^2 holds exactly for unequal strata.
