@@ -123,10 +123,10 @@ def fwht(x: jax.Array, *, pre: jax.Array | None = None, post: jax.Array | None =
   y = x.reshape(rows, d).astype(work)
   native_ok = (work == jnp.float32 and impl != "xla"
                and (impl == "native" or jax.default_backend() == "cpu")
-               and native.fwht_available())
+               and native.available())
   if impl == "native" and not native_ok:
     raise RuntimeError("fwht: impl='native' needs float32 input and the native kernel "
-                       "(fedjax_comp.native.fwht_available() is False: see the log)")
+                       "(fedjax_comp.native.available() is False: see the log)")
 
   def multiplier(values, words, for_native):
     if values is not None:

@@ -16,16 +16,21 @@ implementation with the alternative and prints both medians and their ratio
 2. ``sum(a * b)`` over the vector: `kernels.row_dot` (a dot product)
    against ``jnp.sum(a * b, axis=-1)`` (one slow YNNPACK reduction);
 3. encode + decode of ``drive`` and ``eden`` at 1, 2, 4 and 0.5 bits with
-   the native FWHT (`fedjax_comp.native`) against XLA's butterflies, both
-   with the codec code of today;
+   the native kernels (`fedjax_comp.native`: the FWHT and, for whole bits,
+   the quantizer) against XLA's;
 4. the FWHT alone, native against XLA, and numpy's memcpy of the same
    vector for scale;
 5. the leaderboard's shape: 10 clients' updates of the MLP (15,210
-   coordinates) encoded, decoded and summed in one jitted vmap, native FWHT
-   against XLA's, for DRIVE, EDEN-2 and the 256x sketch;
+   coordinates) encoded, decoded and summed in one jitted vmap, native
+   kernels against XLA's, for DRIVE, EDEN-2 and the 256x sketch;
 6. EDEN's fractional bits (b = 1/2): the encode with one coordinate per
    stratum of 2 picked by selects (`rotated_codes.keep_coordinates`)
-   against the same encode with the gather ``y[:, idx]``.
+   against the same encode with the gather ``y[:, idx]``;
+7. whole-bit DRIVE/EDEN with the native quantizer (`native.rotated_quantize`
+   and `rotated_dequantize`) against XLA's (``rotated_codes.native_ok``
+   off), the native FWHT in both: encode alone, encode + decode, and the
+   leaderboard's shape of section 5 (forced: below
+   ``rotated_codes.NATIVE_MIN_LENGTH`` the codecs keep XLA's).
 """
 
 from __future__ import annotations
@@ -58,14 +63,40 @@ def select_chain(table: np.ndarray, codes: jax.Array) -> jax.Array:
 
 def jit_with_fwht(fn, use_native: bool, example):
   """`fn` jitted (and traced now, on `example`) with `kernels.fwht`'s native path on or off."""
-  real = native.fwht_available
-  kernels.native.fwht_available = real if use_native else (lambda: False)
+  real = native.available
+  kernels.native.available = real if use_native else (lambda: False)
   try:
     jitted = jax.jit(lambda v: fn(v))  # a fresh function: no trace shared with the other side
     jax.block_until_ready(jitted(example))
   finally:
-    kernels.native.fwht_available = real
+    kernels.native.available = real
   return jitted
+
+
+def jit_with_quantizer(fn, use_native: bool, example):
+  """`fn` jitted with the rotated codecs' native quantizer on or off (the FWHT native in both).
+
+  On means at every length, below `rotated_codes.NATIVE_MIN_LENGTH` too.
+  """
+  real = rotated_codes.native_ok
+  rotated_codes.native_ok = (lambda length: native.available()) if use_native else (
+      lambda length: False)
+  try:
+    jitted = jax.jit(lambda v: fn(v))
+    jax.block_until_ready(jitted(example))
+  finally:
+    rotated_codes.native_ok = real
+  return jitted
+
+
+def make_cohort(codec, client_keys):
+  """xs [clients, d] -> the sum of every client's decoded update (one vmap)."""
+  def cohort(xs):
+    def one(k, v):
+      payload, _ = codec.encode(k, v, codec.init(v))
+      return codec.decode(k, payload)
+    return jnp.sum(jax.vmap(one)(client_keys, xs), axis=0)
+  return cohort
 
 
 def row(label: str, chosen, other, args, repeats: int) -> None:
@@ -88,7 +119,7 @@ def main(argv=None) -> int:
   key = jax.random.key(1)
   x = jax.random.normal(jax.random.key(0), (d,), jnp.float32)
   print(f"d = 2^{args.log2_dim}, {jax.device_count()} device(s), native FWHT "
-        f"{'built' if native.fwht_available() else 'NOT built'}; memcpy "
+        f"{'built' if native.available() else 'NOT built'}; memcpy "
         f"{memcpy_seconds(x, 21) * 1e3:.3f} ms")
   print("1. centroid lookup after unpack: take (chosen) vs select chain")
   for bits in (1, 2, 4):
@@ -103,10 +134,10 @@ def main(argv=None) -> int:
   b = jax.random.normal(key, (1, d))
   row("   [1, d]", jax.jit(kernels.row_dot),
       jax.jit(lambda u, v: jnp.sum(u * v, axis=-1, keepdims=True)), (x[None], b), args.repeats)
-  if not native.fwht_available():
-    print("3-4 skipped: the native FWHT is not built")
+  if not native.available():
+    print("3-7 skipped: the native kernels are not built")
     return 0
-  print("3. encode + decode: native FWHT (chosen) vs XLA's")
+  print("3. encode + decode: native kernels (chosen) vs XLA's")
   for spec in ("drive", "eden(bits=1)", "eden(bits=2)", "eden(bits=4)", "eden(bits=0.5)"):
     codec = codecs.parse(spec)
 
@@ -119,19 +150,12 @@ def main(argv=None) -> int:
   print("4. the FWHT alone: native (chosen) vs XLA's")
   row("   fwht", jit_with_fwht(kernels.fwht, True, x), jit_with_fwht(kernels.fwht, False, x),
       (x,), args.repeats)
-  print("5. 10 clients x 15,210 (the leaderboard's round): native FWHT (chosen) vs XLA's")
+  print("5. 10 clients x 15,210 (the leaderboard's round): native kernels (chosen) vs XLA's")
   deltas = jax.random.normal(jax.random.key(2), (10, 15210), jnp.float32)
   client_keys = jax.random.split(key, 10)
   for spec in ("drive", "eden(bits=2)",
                "subsample(p=1/16),hadamard(flatten=true,block=1024),quantize(bits=2)"):
-    codec = codecs.parse(spec)
-
-    def cohort(xs, c=codec):
-      def one(k, v):
-        payload, _ = c.encode(k, v, c.init(v))
-        return c.decode(k, payload)
-      return jnp.sum(jax.vmap(one)(client_keys, xs), axis=0)
-
+    cohort = make_cohort(codecs.parse(spec), client_keys)
     row(f"   {spec[:32]}", jit_with_fwht(cohort, True, deltas),
         jit_with_fwht(cohort, False, deltas), (deltas,), args.repeats)
   print("6. eden(bits=0.5) encode: selects over strata (chosen) vs the gather")
@@ -147,6 +171,24 @@ def main(argv=None) -> int:
   finally:
     rotated_codes.keep_coordinates = keep
   row("   encode", chosen, gather, (x,), args.repeats)
+  print("7. native quantizer (rotated_codes.cc, chosen) vs XLA's, the native FWHT in both")
+  for spec in ("drive", "eden(bits=2)", "eden(bits=4)", "eden(bits=2,scale=mse)"):
+    codec = codecs.parse(spec)
+
+    def encode_only(v, c=codec):
+      return c.encode(key, v, c.init(v))[0]
+
+    def roundtrip(v, c=codec):
+      return c.decode(key, encode_only(v, c))
+
+    row(f"   {spec} encode", jit_with_quantizer(encode_only, True, x),
+        jit_with_quantizer(encode_only, False, x), (x,), args.repeats)
+    row(f"   {spec} encode + decode", jit_with_quantizer(roundtrip, True, x),
+        jit_with_quantizer(roundtrip, False, x), (x,), args.repeats)
+  for spec in ("drive", "eden(bits=2)"):
+    cohort = make_cohort(codecs.parse(spec), client_keys)
+    row(f"   10 x 15,210 {spec}", jit_with_quantizer(cohort, True, deltas),
+        jit_with_quantizer(cohort, False, deltas), (deltas,), args.repeats)
   return 0
 
 

@@ -17,6 +17,7 @@ import pytest
 
 from fedjax_comp import codecs as C
 from fedjax_comp import kernels as K
+from fedjax_comp import native
 from fedjax_comp.codecs import rotated_codes as eden_lib
 from fedjax_comp.codecs import norm_levels as qsgd_lib
 from tests.test_codecs import make_params
@@ -173,6 +174,68 @@ def test_rotated_codecs_turn_any_non_finite_coordinate_into_a_nan_update(spec, w
   payload, _ = codec.encode(key, x, codec.init(x))
   assert np.all(np.isnan(np.asarray(payload.scale)))
   assert np.all(np.isnan(np.asarray(codec.decode(key, payload))))
+
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason="the native kernels did not build (no C++ compiler?)")
+
+
+@needs_native
+@pytest.mark.parametrize("bits,rows,m", [(1, 2, 4), (2, 3, 64), (3, 2, 1024), (4, 1, 1 << 16)])
+def test_native_rotated_quantizer_matches_a_numpy_reference(bits, rows, m):
+  # m = 4: the scalar tail; 2^16: two chunks of 2^15 per row. Row 1 (if any) holds a NaN.
+  rng = np.random.default_rng(bits)
+  y = rng.standard_normal((2, rows, m)).astype(np.float32)  # a vmap batch of 2
+  if rows > 1:
+    y[1, 1, m // 2] = np.nan
+  table, bounds = (np.asarray(a, np.float32) for a in eden_lib.lloyd_max(bits))
+  words, stats = jax.vmap(lambda v: native.rotated_quantize(v, bounds, table, bits))(y)
+  for b in range(2):
+    top = np.max(np.abs(y[b]), axis=1, keepdims=True)
+    unit = y[b] / top
+    norm = np.sqrt(np.sum(unit.astype(np.float64)**2, axis=1, keepdims=True))
+    z = unit * (np.float32(math.sqrt(m)) / norm.astype(np.float32))
+    codes = np.sum(z[..., None] > bounds, axis=-1).astype(np.uint32)
+    q = table[codes]
+    ok = np.isfinite(top[:, 0])
+    np.testing.assert_allclose(stats[b][ok], np.concatenate(
+        [top, norm**2, np.sum(unit * q, 1, keepdims=True, dtype=np.float64),
+         np.sum(q * q, 1, keepdims=True, dtype=np.float64)], axis=1)[ok], rtol=2e-6)
+    assert np.all(np.isnan(stats[b][~ok, 0]))
+    # Unpacked by `kernels.unpack` (the layout's reference). A z within float
+    # rounding of a boundary may take either neighbouring code.
+    ours = np.asarray(K.unpack(words[b], bits, rows * m)).reshape(rows, m)
+    near = np.min(np.abs(z[..., None] - bounds), axis=-1) < 1e-5
+    sure = ok[:, None] & ~near
+    np.testing.assert_array_equal(ours[sure], codes[sure])
+    assert np.all(np.abs(ours[ok].astype(int) - codes[ok]) <= 1) and np.mean(near) < 1e-3
+    codes = ours
+    # The inverse: centroid times the row's scale, exactly as numpy rounds it.
+    scale = rng.standard_normal(rows).astype(np.float32)
+    np.testing.assert_array_equal(native.rotated_dequantize(words[b], jnp.asarray(scale), m, table,
+                                                            bits), table[codes] * scale[:, None])
+
+
+@needs_native
+@pytest.mark.parametrize("spec", ["drive", "eden(bits=3,block=256)", "eden(bits=4,scale=mse)",
+                                  "eden(bits=2,scale=one)"])
+def test_native_and_xla_rotated_codecs_agree(spec, monkeypatch):
+  # The two paths share the rotation; their sums round differently, so the
+  # scale agrees to float32 rounding and the codes (here) exactly. Rows of
+  # 1e30 and 1e-30: no sum may overflow or underflow to a wrong scale.
+  codec = C.parse(spec)
+  x = jax.random.normal(jax.random.key(11), (3, 70000)) * jnp.array([1.0, 1e30, 1e-30])[:, None]
+  keys = jax.random.split(jax.random.key(12), 3)
+  round_trip = lambda: jax.jit(jax.vmap(lambda k, v: (
+      lambda p: (p, codec.decode(k, p)))(codec.encode(k, v, ())[0])))(keys, x)
+  native_payload, native_y = round_trip()
+  monkeypatch.setattr(eden_lib, "native_ok", lambda length: False)
+  xla_payload, xla_y = round_trip()
+  np.testing.assert_array_equal(native_payload.words, xla_payload.words)
+  assert np.all(np.isfinite(native_payload.scale)) and np.all(np.asarray(native_payload.scale) != 0)
+  np.testing.assert_allclose(native_payload.scale, xla_payload.scale, rtol=1e-6)
+  tol = 1e-6 * np.max(np.abs(np.asarray(xla_y)), axis=1, keepdims=True)
+  assert np.all(np.abs(np.asarray(native_y) - np.asarray(xla_y)) <= tol)
 
 
 @pytest.mark.parametrize("n,k", [(16, 8), (4096, 1024), (64, 8), (1000, 300), (64, 4), (7, 7)])

@@ -14,7 +14,7 @@ from fedjax_comp import native
 
 # Both FWHT paths: XLA's butterflies and the native FFI kernel (built on first use).
 IMPLS = ["xla", pytest.param("native", marks=pytest.mark.skipif(
-    not native.fwht_available(), reason="the native FWHT did not build (no C++ compiler?)"))]
+    not native.available(), reason="the native FWHT did not build (no C++ compiler?)"))]
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -72,7 +72,7 @@ def test_fwht_split_path_for_long_rows(impl):
 def test_native_fwht_under_vmap_with_per_client_signs_equals_a_loop(d):
   # vmap hands the kernel batched x and batched pre/post (one sign vector per
   # client, as rotate draws them); each client must get exactly its own.
-  if not native.fwht_available():
+  if not native.available():
     pytest.skip("the native FWHT did not build")
   x = jax.random.normal(jax.random.key(2), (5, 3, d))
   signs = K.rademacher(jax.random.key(3), (5, d))
@@ -106,7 +106,7 @@ def test_fwht_sign_words_are_exactly_the_float_signs(d, impl):
 def test_native_fwht_gradients_equal_autodiff_of_the_xla_butterflies():
   # The native path is an FFI call with a hand-written VJP (H is symmetric:
   # the cotangent of x is the same call with pre and post swapped).
-  if not native.fwht_available():
+  if not native.available():
     pytest.skip("the native FWHT did not build")
   keys = jax.random.split(jax.random.key(5), 5)
   x, c = jax.random.normal(keys[0], (3, 4096)), jax.random.normal(keys[1], (3, 4096))
@@ -131,7 +131,7 @@ def test_fwht_names_a_misshapen_multiplier():
 
 def test_native_fwht_switch_and_a_failed_build_fall_back(monkeypatch, tmp_path):
   monkeypatch.setenv("FEDJAX_COMP_CACHE", str(tmp_path))  # the failed build's folder lands here
-  build = native.fwht_available.__wrapped__  # uncached: the real check, run again
+  build = native.available.__wrapped__  # uncached: the real check, run again
   monkeypatch.setenv("FEDJAX_COMP_NATIVE", "0")
   assert build() is False
   monkeypatch.setenv("FEDJAX_COMP_NATIVE", "1")

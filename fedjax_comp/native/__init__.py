@@ -1,12 +1,16 @@
 """Native CPU kernels, compiled on first use and called through XLA's FFI.
 
-One kernel today: the fast Walsh-Hadamard transform (`fwht.cc`), which makes
-two passes over memory where XLA:CPU's fusions of `kernels.fwht` make about
-ten. `kernels.fwht` calls it on the CPU for float32 when it is available, and
-keeps its XLA path on GPU/TPU, for float64, and wherever the kernel cannot
-be built.
+Two kernels today, each used on the CPU for float32 when `available()`, the
+XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 
-Building: the first call compiles `fwht.cc` with the C++ compiler (``$CXX``,
+- the fast Walsh-Hadamard transform (`fwht.cc`), which makes two passes over
+  memory where XLA:CPU's fusions of `kernels.fwht` make about ten;
+- DRIVE/EDEN's quantizer of the rotated update and its inverse
+  (`rotated_codes.cc`, `rotated_quantize` and `rotated_dequantize`): three
+  passes where XLA:CPU materializes the unit vector, the centroids and the
+  codes each in a fresh buffer.
+
+Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
 ``-O3 -march=native`` into ``$FEDJAX_COMP_CACHE/native/<key>/`` (about 4 s,
 once), where the key hashes the source, the flags, the compiler's version,
@@ -39,7 +43,11 @@ import numpy as np
 from absl import logging
 
 FWHT_TARGET = "fedjax_comp_fwht"
-_SOURCE = pathlib.Path(__file__).with_name("fwht.cc")
+QUANTIZE_TARGET = "fedjax_comp_rotated_quantize"
+DEQUANTIZE_TARGET = "fedjax_comp_rotated_dequantize"
+_HERE = pathlib.Path(__file__).parent
+_SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc")
+_HEADERS = (_HERE / "parallel_for.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
@@ -68,11 +76,11 @@ def _build_dir() -> pathlib.Path:
 
 
 def _build(compiler: str) -> pathlib.Path:
-  """Compiles fwht.cc (or finds it compiled) and returns the shared library's path."""
+  """Compiles the sources (or finds them compiled) and returns the shared library's path."""
   version = subprocess.run([compiler, "--version"], capture_output=True, text=True,
                            check=False).stdout
   key = hashlib.sha256("\0".join([
-      _SOURCE.read_text(), " ".join(_FLAGS), version, jaxlib.__version__,
+      *(p.read_text() for p in _SOURCES + _HEADERS), " ".join(_FLAGS), version, jaxlib.__version__,
       _cpu_signature(compiler),
   ]).encode()).hexdigest()[:16]
   out_dir = _build_dir() / key
@@ -83,7 +91,7 @@ def _build(compiler: str) -> pathlib.Path:
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
   os.close(fd)
   try:
-    cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(_SOURCE), "-o", tmp]
+    cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", *map(str, _SOURCES), "-o", tmp]
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
       raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
@@ -98,22 +106,25 @@ def _build(compiler: str) -> pathlib.Path:
 
 
 @functools.cache
-def fwht_available() -> bool:
-  """Whether the native FWHT is built and registered (builds it on the first call)."""
+def available() -> bool:
+  """Whether the native kernels are built and registered (builds them on the first call)."""
   if os.environ.get("FEDJAX_COMP_NATIVE", "1") == "0":
     return False
   compiler = _compiler()
   if compiler is None:
     logging.warning("fedjax_comp.native: no C++ compiler found ($CXX, c++, g++, clang++); "
-                    "kernels.fwht uses its XLA path (about 3-10x slower on a CPU)")
+                    "kernels.fwht and the rotated codecs use their XLA paths (about 3-10x "
+                    "slower on a CPU)")
     return False
   try:
     lib = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-    jax.ffi.register_ffi_target(FWHT_TARGET, jax.ffi.pycapsule(lib.FedjaxCompFwht),
-                                platform="cpu")
+    for target, symbol in ((FWHT_TARGET, lib.FedjaxCompFwht),
+                           (QUANTIZE_TARGET, lib.FedjaxCompRotatedQuantize),
+                           (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize)):
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("fedjax_comp.native: building the FWHT kernel failed, so kernels.fwht "
-                    "uses its XLA path: %s", e)
+    logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht and "
+                    "the rotated codecs use their XLA paths: %s", e)
     return False
   return True
 
@@ -145,7 +156,7 @@ def fwht(x: jax.Array, pre: jax.Array | None, post: jax.Array | None,
 
   pre and post are float32 ``[n]``, or uint32 sign words ``[n / 32]`` (bit j
   of word j // 32 set: -1; n >= 32), or None; under `jax.vmap` they may carry
-  the batch axes too. Call only where `fwht_available()` is true, on a CPU.
+  the batch axes too. Call only where `available()` is true, on a CPU.
   Differentiable in x and in float pre/post (reverse mode: H is symmetric,
   so the cotangent of x is the same call with pre and post swapped).
   """
@@ -168,3 +179,39 @@ def _fwht_bwd(scale, residuals, g):
 
 
 fwht.defvjp(_fwht_fwd, _fwht_bwd)
+
+
+def rotated_quantize(y: jax.Array, boundaries: np.ndarray, table: np.ndarray,
+                     code_bits: int) -> tuple[jax.Array, jax.Array]:
+  """DRIVE/EDEN's quantizer of rotated float32 blocks ``y [rows, m]`` (rotated_codes.cc).
+
+  Returns ``(words uint32 [code_bits, ceil(rows * m / 32)], stats float32 [rows, 4])``:
+  the codes (how many of the 2^b - 1 `boundaries` each ``z = (y / top) *
+  sqrt(m) / ||y / top||`` exceeds) packed as `kernels.pack` packs them, and
+  per row ``(top = max |y| or NaN if a y is not finite, sum unit^2,
+  <unit, q>, <q, q>)`` with q the code's centroid in `table`; the sums in
+  double. m must be below 2^15 or a multiple of it (a power of two is
+  either). Call only where `available()` is true, on a CPU; not
+  differentiable.
+  """
+  rows, m = y.shape[-2:]
+  groups = -(-rows * m // 32)
+  call = jax.ffi.ffi_call(
+      QUANTIZE_TARGET,
+      (jax.ShapeDtypeStruct(y.shape[:-2] + (code_bits, groups), jnp.uint32),
+       jax.ShapeDtypeStruct(y.shape[:-1] + (4,), jnp.float32)),
+      vmap_method="broadcast_all")
+  return call(y, boundaries=np.asarray(boundaries, np.float32),
+              table=np.asarray(table, np.float32), code_bits=np.int64(code_bits))
+
+
+def rotated_dequantize(words: jax.Array, scale: jax.Array, m: int, table: np.ndarray,
+                       code_bits: int) -> jax.Array:
+  """``y [rows, m] = table[code] * scale[row]``: the inverse of `rotated_quantize`'s codes.
+
+  words: uint32 ``[code_bits, ceil(rows * m / 32)]``; scale: float32 ``[rows]``.
+  """
+  call = jax.ffi.ffi_call(DEQUANTIZE_TARGET,
+                          jax.ShapeDtypeStruct(scale.shape + (m,), jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(words, scale, table=np.asarray(table, np.float32), code_bits=np.int64(code_bits))

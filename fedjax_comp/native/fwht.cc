@@ -18,25 +18,19 @@
 // Each sweep does up to three stages in registers (radix 8); the first three
 // stages are shuffles within one 8-float vector.
 //
-// Work is split into independent items (rows, units, column groups) that
-// the calling thread and XLA's intra-op pool claim from an atomic counter,
-// so the caller never waits for a task that has not started (no deadlock
-// when the pool is busy), and a task that starts after the call has returned
-// finds nothing to claim. Every item's arithmetic is fixed, so the result
-// does not depend on the number of threads.
+// Work is split into independent items (rows, units, column groups) run by
+// `fedjax_comp::ParallelFor` (parallel_for.h). Every item's arithmetic is
+// fixed, so the result does not depend on the number of threads.
 //
 // Built on first use by fedjax_comp/native/__init__.py (a C++17 compiler and
 // jaxlib's FFI headers); without a compiler `kernels.fwht` keeps its XLA path.
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
 
 namespace ffi = xla::ffi;
 
@@ -229,38 +223,6 @@ void Phase2(float* __restrict y, int64_t m, int64_t ld, int64_t c0, Mult post, f
     ScaleOut(buf + r * kCols, post.At(r * ld + c0), scale, y + r * ld + c0, kCols);
 }
 
-// Runs fn(item) for item in [0, count) on the caller and the pool; returns
-// when all items are done. Items are claimed from a shared counter.
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t count, int64_t min_items_per_task, F fn) {
-  int64_t helpers = std::min<int64_t>(pool.num_threads(), count / std::max<int64_t>(1, min_items_per_task) - 1);
-  if (helpers <= 0) {
-    for (int64_t i = 0; i < count; ++i) fn(i);
-    return;
-  }
-  struct Shared {
-    std::atomic<int64_t> next{0};
-    std::atomic<int64_t> done{0};
-    std::mutex mu;
-    std::condition_variable cv;
-  };
-  auto shared = std::make_shared<Shared>();
-  auto work = [shared, count, fn]() {
-    int64_t mine = 0;
-    for (int64_t i; (i = shared->next.fetch_add(1)) < count; ++mine) fn(i);
-    if (mine && shared->done.fetch_add(mine) + mine == count) {
-      std::lock_guard<std::mutex> lock(shared->mu);
-      shared->cv.notify_all();
-    }
-  };
-  // A helper that starts late claims nothing; it only holds `shared`. It
-  // copies fn, whose captured pointers it never dereferences then.
-  for (int64_t t = 0; t < helpers; ++t) pool.Schedule(decltype(work)(work));
-  work();
-  std::unique_lock<std::mutex> lock(shared->mu);
-  shared->cv.wait(lock, [&] { return shared->done.load() == count; });
-}
-
 // Row r's multiplier from P rows of `per_row` elements each (P = 0: none);
 // P divides the number of rows of x, and row r takes row r / (rows / P), so a
 // single row is shared by all and a batch of them (vmap's leading axis)
@@ -320,7 +282,7 @@ ffi::Error FwhtImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
     // One item per group of whole rows of about 16K floats (or one row).
     const int64_t per = std::max<int64_t>(1, (kBlock * 8) / n);
     const int64_t items = (rows + per - 1) / per;
-    ParallelFor(pool, items, 1, [=](int64_t it) {
+    fedjax_comp::ParallelFor(pool, items, 1, [=](int64_t it) {
       for (int64_t r = it * per; r < std::min(rows, (it + 1) * per); ++r)
         Row(in + r * n, pre_rows.Of(r), post_rows.Of(r), scale, out + r * n, n);
     });
@@ -329,12 +291,12 @@ ffi::Error FwhtImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   // Longer rows: units of kUnit floats (each done by Row, in L2), then the
   // remaining strides as columns of the [m, kUnit] matrix.
   const int64_t m = n / kUnit;
-  ParallelFor(pool, rows * m, 2, [=](int64_t it) {
+  fedjax_comp::ParallelFor(pool, rows * m, 2, [=](int64_t it) {
     const int64_t r = it / m, b = it % m, off = r * n + b * kUnit;
     Row(in + off, pre_rows.Of(r).At(b * kUnit), Mult{}, 1.0f, out + off, kUnit);
   });
   constexpr int64_t groups = kUnit / kCols;
-  ParallelFor(pool, rows * groups, 4, [=](int64_t it) {
+  fedjax_comp::ParallelFor(pool, rows * groups, 4, [=](int64_t it) {
     thread_local std::vector<float> buf;  // one per thread, grown as needed
     if (static_cast<int64_t>(buf.size()) < m * kCols) buf.resize(m * kCols);
     const int64_t r = it / groups;
