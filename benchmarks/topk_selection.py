@@ -8,8 +8,12 @@ For a batch of ``--batch`` vectors of d coordinates (each row selects its
 own k, as a vmapped round does), times the selection of the k largest |x|
 per row, returned as a mask:
 
+* ``native_radix``: the native radix select (`native.top_k_indices`:
+  exact, ties to the lowest index, two passes over the row), what `top_k`
+  uses on a CPU (`codecs.sparsification.top_k_indices`), the fastest exact
+  one measured; run when the native kernels are built;
 * ``lax_top_k``: `jax.lax.top_k` (exact, stable), what `top_k` uses
-  (`codecs.sparsification.top_k_mask`), the fastest exact one measured;
+  elsewhere (`codecs.sparsification.top_k_mask`);
 * ``bisection``: the exact k-th largest |x| by a counting bisection over the
   float's 32 bits (`sampling.kth_largest`: 32 vectorized passes, no sort),
   ties broken by index (`codecs.sparsification.top_k_mask_bisection`);
@@ -36,6 +40,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from benchmarks import _flags
+from fedjax_comp import native
 from fedjax_comp.codecs.sparsification import top_k_mask_bisection
 from fedjax_comp.experiment import results
 
@@ -57,8 +62,14 @@ def kernels(k: int):
     sample = jnp.abs(x[jax.random.randint(jax.random.key(0), (m,), 0, d)])
     return jnp.abs(x) >= jnp.quantile(sample, 1 - k / d)
 
-  return {"lax_top_k": exact, "bisection": lambda x: top_k_mask_bisection(x, k),
-          "approx_max_k": approx, "sampled_threshold": sampled}
+  def radix(x):
+    return jnp.zeros(x.shape, bool).at[native.top_k_indices(x, k)].set(True)
+
+  out = {"lax_top_k": exact}
+  if jax.default_backend() == "cpu" and native.available():
+    out["native_radix"] = radix
+  return {**out, "bisection": lambda x: top_k_mask_bisection(x, k), "approx_max_k": approx,
+          "sampled_threshold": sampled}
 
 
 def timed(fn, x, repeats=7) -> float:

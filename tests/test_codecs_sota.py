@@ -266,6 +266,27 @@ def test_top_k_keeps_exactly_the_largest_and_ties_by_index():
     np.testing.assert_array_equal(y, want)
 
 
+@needs_native
+def test_native_top_k_selects_as_lax_top_k_does_ties_included():
+  # The radix select against numpy's stable order (|x| descending, then index):
+  # ties, signed zeros, infinities, heavy tails, k = 1 and k = d, and a vmap batch.
+  rng = np.random.default_rng(1)
+  cases = [(rng.standard_normal(d).astype(np.float32), k) for d, k in
+           ((1, 1), (5, 2), (100, 33), (70000, 700), (70000, 70000))]
+  cases += [(rng.integers(-3, 4, 1000).astype(np.float32), k) for k in (1, 300, 999)]
+  cases.append((np.where(np.arange(64) % 2, -0.0, 0.0).astype(np.float32), 5))
+  heavy = (rng.standard_normal(5000) * np.exp(rng.standard_normal(5000) * 10)).astype(np.float32)
+  heavy[[3, 99]], heavy[7] = np.inf, -np.inf
+  cases += [(heavy, 777), (heavy, 2)]
+  for x, k in cases:
+    want = np.sort(np.lexsort((np.arange(x.size), -np.abs(x)))[:k])
+    np.testing.assert_array_equal(native.top_k_indices(jnp.asarray(x), k), want)
+  batch = rng.standard_normal((3, 2000)).astype(np.float32)
+  got = jax.vmap(lambda v: native.top_k_indices(v, 40))(batch)
+  for row, x in zip(np.asarray(got), batch):
+    np.testing.assert_array_equal(row, np.sort(np.argsort(-np.abs(x), kind="stable")[:40]))
+
+
 def test_wide_index_packing_round_trips_every_width():
   rng = np.random.default_rng(0)
   for width in (1, 5, 9, 17, 31, 32):

@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on first use and called through XLA's FFI.
 
-Two kernels today, each used on the CPU for float32 when `available()`, the
+Three native kernels today, each used on the CPU for float32 when `available()`, the
 XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 
 - the fast Walsh-Hadamard transform (`fwht.cc`), which makes two passes over
@@ -8,7 +8,9 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 - DRIVE/EDEN's quantizer of the rotated update and its inverse
   (`rotated_codes.cc`, `rotated_quantize` and `rotated_dequantize`): three
   passes where XLA:CPU materializes the unit vector, the centroids and the
-  codes each in a fresh buffer.
+  codes each in a fresh buffer;
+- exact top-k by magnitude (`top_k.cc`, `top_k_indices`): a radix select,
+  two passes over the row, where `lax.top_k` sorts on a CPU.
 
 Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
@@ -45,8 +47,9 @@ from absl import logging
 FWHT_TARGET = "fedjax_comp_fwht"
 QUANTIZE_TARGET = "fedjax_comp_rotated_quantize"
 DEQUANTIZE_TARGET = "fedjax_comp_rotated_dequantize"
+TOP_K_TARGET = "fedjax_comp_top_k"
 _HERE = pathlib.Path(__file__).parent
-_SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc")
+_SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc")
 _HEADERS = (_HERE / "parallel_for.h",)
 _FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -120,7 +123,8 @@ def available() -> bool:
     lib = ctypes.cdll.LoadLibrary(str(_build(compiler)))
     for target, symbol in ((FWHT_TARGET, lib.FedjaxCompFwht),
                            (QUANTIZE_TARGET, lib.FedjaxCompRotatedQuantize),
-                           (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize)):
+                           (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize),
+                           (TOP_K_TARGET, lib.FedjaxCompTopK)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht and "
@@ -215,3 +219,15 @@ def rotated_dequantize(words: jax.Array, scale: jax.Array, m: int, table: np.nda
                           jax.ShapeDtypeStruct(scale.shape + (m,), jnp.float32),
                           vmap_method="broadcast_all")
   return call(words, scale, table=np.asarray(table, np.float32), code_bits=np.int64(code_bits))
+
+
+def top_k_indices(x: jax.Array, k: int) -> jax.Array:
+  """int32 ``[..., k]``: the indices, ascending, of the k largest |x| of each row (top_k.cc).
+
+  Ties at the k-th magnitude keep the lowest indices (`lax.top_k`'s stable
+  order); NaN ranks above Inf. float32 x ``[..., d]``, 1 <= k <= d. Call
+  only where `available()` is true, on a CPU; not differentiable.
+  """
+  call = jax.ffi.ffi_call(TOP_K_TARGET, jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32),
+                          vmap_method="broadcast_all")
+  return call(x)
