@@ -130,7 +130,9 @@ def top_k_indices(x: jax.Array, k: int) -> jax.Array:
     return jnp.zeros((k,), jnp.int32).at[slot].set(jnp.arange(v.shape[0], dtype=jnp.int32),
                                                    mode="drop")
   if x.dtype == jnp.float32 and jax.default_backend() == "cpu" and native.available():
-    return lax.platform_dependent(x, cpu=lambda v: native.top_k_indices(v, k), default=from_mask)
+    # stop_gradient: the FFI call has no derivative rule; indices need none.
+    return lax.platform_dependent(lax.stop_gradient(x),
+                                  cpu=lambda v: native.top_k_indices(v, k), default=from_mask)
   return from_mask(x)
 
 

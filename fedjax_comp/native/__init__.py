@@ -116,7 +116,7 @@ def available() -> bool:
   compiler = _compiler()
   if compiler is None:
     logging.warning("fedjax_comp.native: no C++ compiler found ($CXX, c++, g++, clang++); "
-                    "kernels.fwht and the rotated codecs use their XLA paths (about 3-10x "
+                    "kernels.fwht, the rotated codecs and top_k use their XLA paths (3-26x "
                     "slower on a CPU)")
     return False
   try:
@@ -127,8 +127,8 @@ def available() -> bool:
                            (TOP_K_TARGET, lib.FedjaxCompTopK)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
-    logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht and "
-                    "the rotated codecs use their XLA paths: %s", e)
+    logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
+                    "rotated codecs and top_k use their XLA paths: %s", e)
     return False
   return True
 

@@ -57,7 +57,8 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
   constexpr int kTopBits = 11, kShift = 20;
   constexpr int kTopBins = 1 << kTopBits;
   // Pass A: four interleaved histograms (independent increments), then summed.
-  std::vector<uint32_t> h4(4 * kTopBins, 0);
+  thread_local std::vector<uint32_t> h4(4 * kTopBins);
+  std::fill(h4.begin(), h4.end(), 0u);
   int64_t j = 0;
   for (; j + 4 <= d; j += 4)
     for (int t = 0; t < 4; ++t) ++h4[t * kTopBins + (Key(x[j + t]) >> kShift)];
@@ -72,6 +73,9 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
   above.clear();
   cand_key.clear();
   cand_idx.clear();
+  above.reserve(k - need);
+  cand_key.reserve(hist[top_bin]);
+  cand_idx.reserve(hist[top_bin]);
   for (int64_t i = 0; i < d; ++i) {
     const uint32_t key = Key(x[i]);
     const uint32_t bin = key >> kShift;
@@ -83,9 +87,12 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
     }
   }
 
-  // The lower 20 bits among the candidates, in two digits of 10 bits.
+  // The lower 20 bits among the candidates, in two digits of 10 bits (none
+  // needed when every candidate is taken: then the threshold is the bin's floor).
   uint32_t prefix = top_bin << kShift, mask = ~((1u << kShift) - 1u);
+  const bool take_all = static_cast<int64_t>(cand_key.size()) == need;
   for (int shift : {10, 0}) {
+    if (take_all) break;
     uint32_t h[1024] = {};
     for (size_t c = 0; c < cand_key.size(); ++c)
       if ((cand_key[c] & mask) == prefix) ++h[(cand_key[c] >> shift) & 1023u];
@@ -126,7 +133,7 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     thread_local std::vector<uint32_t> cand_key;
     thread_local std::vector<int32_t> cand_idx, above;
     SelectRow(in + r * d, d, k, out + r * k, cand_key, cand_idx, above);
-    if (cand_key.capacity() > (size_t{1} << 22)) {  // keep at most 16 MB per thread
+    if (cand_key.capacity() > (size_t{1} << 22)) {  // keep at most 4M entries (16 MB) each
       std::vector<uint32_t>().swap(cand_key);
       std::vector<int32_t>().swap(cand_idx);
     }
