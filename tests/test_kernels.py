@@ -345,3 +345,33 @@ def test_kernels_runner_bad_flags_name_the_flag(call, message):
   with pytest.raises(ValueError, match=message):
     call(runner)
   assert runner.parse_shape(" 4X1024 ") == (4, 1024) and runner.parse_bits("8") == 8
+
+
+@pytest.mark.skipif(not native.available(), reason="the native kernels did not build")
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_fused_quantizer_is_the_xla_quantizer_bit_for_bit(bits):
+  # kernels.quantize_pack / unpack_dequantize (native at n >= NATIVE_MIN_LENGTH)
+  # against quantize + pack / unpack + dequantize, under vmap, with a short
+  # row (33: a partial word group) and a row holding a NaN (decodes to NaN).
+  rng = np.random.default_rng(bits)
+  for n in (33, K.NATIVE_MIN_LENGTH + 1):
+    x = (rng.standard_normal((3, n)) * 3 + 1).astype(np.float32)
+    x[2, n // 2] = np.nan
+    keys = jax.random.split(jax.random.key(bits), 3)
+    words, lo, hi = jax.jit(jax.vmap(lambda k, v: K.quantize_pack(k, v, bits)))(keys, x)
+    codes, lo_ref, hi_ref = jax.vmap(lambda k, v: K.quantize(k, v, bits))(keys, x)
+    np.testing.assert_array_equal(lo, lo_ref)
+    np.testing.assert_array_equal(hi, hi_ref)
+    np.testing.assert_array_equal(words[:2], jax.vmap(lambda c: K.pack(c, bits))(codes[:2]))
+    y = np.asarray(jax.jit(jax.vmap(lambda w, a, b: K.unpack_dequantize(w, a, b, bits, n)))(
+        words, lo, hi))
+    # numpy's float32 (1 - w) lo + w hi, rounded op by op: the native kernel
+    # matches it exactly; XLA's fused path may contract into FMAs (1 ulp).
+    w = np.asarray(jax.vmap(lambda v: K.unpack(v, bits, n))(words)).astype(np.float32) * (
+        np.float32(1.0 / (2**bits - 1)))
+    lo_, hi_ = np.asarray(lo)[:2, None], np.asarray(hi)[:2, None]
+    ref = (np.float32(1) - w[:2]) * lo_ + w[:2] * hi_
+    if n >= K.NATIVE_MIN_LENGTH:
+      np.testing.assert_array_equal(y[:2], ref)
+    np.testing.assert_allclose(y[:2], ref, rtol=3e-7, atol=1e-6)
+    assert np.all(np.isnan(y[2]))

@@ -54,13 +54,17 @@ def quantize(bits: int = 8, stochastic: bool = True) -> Codec:
     raise ValueError(f"quantize: stochastic must be true or false, got {stochastic!r}")
 
   def encode_leaf(key, x):
-    codes, lo, hi = kernels.quantize(key, x.reshape(-1), bits, stochastic=stochastic)
-    return Quantized(words=kernels.pack(codes, bits), lo=lo, hi=hi, shape=tuple(x.shape),
+    if stochastic:
+      words, lo, hi = kernels.quantize_pack(key, x.reshape(-1), bits)
+    else:
+      codes, lo, hi = kernels.quantize(key, x.reshape(-1), bits, stochastic=False)
+      words = kernels.pack(codes, bits)
+    return Quantized(words=words, lo=lo, hi=hi, shape=tuple(x.shape),
                      dtype=jnp.dtype(x.dtype).name)
 
   def decode_leaf(key, q):
     n = math.prod(q.shape)
-    codes = kernels.unpack(q.words, bits, n)
-    return kernels.dequantize(codes, q.lo, q.hi, bits, jnp.dtype(q.dtype)).reshape(q.shape)
+    return kernels.unpack_dequantize(q.words, q.lo, q.hi, bits, n,
+                                     jnp.dtype(q.dtype)).reshape(q.shape)
 
   return per_leaf(encode_leaf, decode_leaf, Quantized, name="quantize")

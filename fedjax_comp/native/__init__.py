@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on first use and called through XLA's FFI.
 
-Three native kernels today, each used on the CPU for float32 when `available()`, the
+Four native kernels today, each used on the CPU for float32 when `available()`, the
 XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 
 - the fast Walsh-Hadamard transform (`fwht.cc`), which makes two passes over
@@ -10,7 +10,10 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
   passes where XLA:CPU materializes the unit vector, the centroids and the
   codes each in a fresh buffer;
 - exact top-k by magnitude (`top_k.cc`, `top_k_indices`): a radix select,
-  two passes over the row, where `lax.top_k` sorts on a CPU.
+  two passes over the row, where `lax.top_k` sorts on a CPU;
+- the stochastic min-max quantizer fused with bit packing, and its inverse
+  (`quantize.cc`, `quantize_pack` and `unpack_dequantize`): two passes
+  where XLA:CPU materializes the codes and then packs them.
 
 Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
@@ -48,10 +51,15 @@ FWHT_TARGET = "fedjax_comp_fwht"
 QUANTIZE_TARGET = "fedjax_comp_rotated_quantize"
 DEQUANTIZE_TARGET = "fedjax_comp_rotated_dequantize"
 TOP_K_TARGET = "fedjax_comp_top_k"
+QUANTIZE_PACK_TARGET = "fedjax_comp_quantize_pack"
+UNPACK_DEQUANTIZE_TARGET = "fedjax_comp_unpack_dequantize"
 _HERE = pathlib.Path(__file__).parent
-_SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc")
-_HEADERS = (_HERE / "parallel_for.h",)
-_FLAGS = ("-O3", "-march=native", "-std=c++17", "-shared", "-fPIC", "-w")
+_SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
+            _HERE / "quantize.cc")
+_HEADERS = (_HERE / "parallel_for.h", _HERE / "vec.h")
+# -ffp-contract=off: no fused multiply-adds, so products and sums round as
+# XLA's separate operations do (the quantizers match the XLA path bit for bit).
+_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w")
 
 
 def _compiler() -> str | None:
@@ -124,7 +132,9 @@ def available() -> bool:
     for target, symbol in ((FWHT_TARGET, lib.FedjaxCompFwht),
                            (QUANTIZE_TARGET, lib.FedjaxCompRotatedQuantize),
                            (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize),
-                           (TOP_K_TARGET, lib.FedjaxCompTopK)):
+                           (TOP_K_TARGET, lib.FedjaxCompTopK),
+                           (QUANTIZE_PACK_TARGET, lib.FedjaxCompQuantizePack),
+                           (UNPACK_DEQUANTIZE_TARGET, lib.FedjaxCompUnpackDequantize)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
@@ -231,3 +241,29 @@ def top_k_indices(x: jax.Array, k: int) -> jax.Array:
   call = jax.ffi.ffi_call(TOP_K_TARGET, jax.ShapeDtypeStruct(x.shape[:-1] + (k,), jnp.int32),
                           vmap_method="broadcast_all")
   return call(x)
+
+
+def quantize_pack(x: jax.Array, seeds: jax.Array, bits: int):
+  """`kernels.quantize` (stochastic) then `kernels.pack`, fused (quantize.cc).
+
+  x: float32 ``[..., n]``; seeds: uint32 ``[...]``, each row's dither seed
+  (what `kernels.dither` draws from its key). Returns ``(words uint32
+  [..., bits, ceil(n / 32)], lo [...], hi [...])``. Call only where
+  `available()` is true, on a CPU; not differentiable.
+  """
+  n, batch = x.shape[-1], x.shape[:-1]
+  call = jax.ffi.ffi_call(
+      QUANTIZE_PACK_TARGET,
+      (jax.ShapeDtypeStruct(batch + (bits, -(-n // 32)), jnp.uint32),
+       jax.ShapeDtypeStruct(batch, jnp.float32), jax.ShapeDtypeStruct(batch, jnp.float32)),
+      vmap_method="broadcast_all")
+  return call(x, seeds, bits=np.int64(bits))
+
+
+def unpack_dequantize(words: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
+                      n: int) -> jax.Array:
+  """`kernels.unpack` then `kernels.dequantize` (float32), fused: ``[..., n]``."""
+  call = jax.ffi.ffi_call(UNPACK_DEQUANTIZE_TARGET,
+                          jax.ShapeDtypeStruct(lo.shape + (n,), jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(words, lo, hi, bits=np.int64(bits))

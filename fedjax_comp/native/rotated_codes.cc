@@ -33,47 +33,16 @@
 
 #include "xla/ffi/api/ffi.h"
 #include "parallel_for.h"
+#include "vec.h"
 
 namespace ffi = xla::ffi;
+using namespace fedjax_comp;  // NOLINT: the vector helpers of vec.h
 
 namespace {
 
 constexpr int64_t kChunk = 1 << 15;  // coordinates per work item
 constexpr size_t kKeptScratch = size_t{16} << 20;  // largest code scratch kept per thread
 
-struct Field {
-  int offset, width;
-};
-
-// The power-of-two-wide fields a `bits`-bit code splits into (kernels._fields).
-int Fields(int bits, Field* out) {
-  int count = 0, offset = 0;
-  for (int width : {1, 2, 4, 8})
-    if (bits & width) {
-      out[count++] = Field{offset, width};
-      offset += width;
-    }
-  return count;
-}
-
-// Eight floats in one AVX register (GCC/clang vector extensions; the
-// compiler splits them where the machine has narrower vectors).
-typedef float V8 __attribute__((vector_size(32)));
-typedef int32_t I8 __attribute__((vector_size(32)));
-typedef float V4 __attribute__((vector_size(16)));
-typedef double D4 __attribute__((vector_size(32)));
-typedef uint8_t U8 __attribute__((vector_size(8)));
-typedef uint32_t W8 __attribute__((vector_size(32)));
-
-inline V8 Load(const float* p) {
-  V8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-inline V8 Splat(float f) { return V8{f, f, f, f, f, f, f, f}; }
-inline V8 Select(I8 mask, V8 a, V8 b) {  // mask lanes all ones: a, else b
-  return reinterpret_cast<V8>((mask & reinterpret_cast<I8>(a)) | (~mask & reinterpret_cast<I8>(b)));
-}
 // sum_k a[k] * b[k] of two 8-float vectors, added to acc in double, lane by lane.
 inline void AddProducts(V8 a, V8 b, D4* acc) {
   float fa[8], fb[8];

@@ -1,0 +1,311 @@
+// Konečný's stochastic quantizer fused with bit packing, and its inverse, as
+// XLA FFI kernels for the CPU (`kernels.quantize_pack`,
+// `kernels.unpack_dequantize`).
+//
+// Encode, per row of x [rows, n] with b-bit codes (1 <= b <= 8), the same
+// arithmetic as `kernels.quantize` then `kernels.pack`:
+//   pass 1: min, max and whether every x is finite;
+//   pass 2, per run of 8 words: each code from x, its dither (murmur3's
+//     finalizer of index * 0x9E3779B9 + the row's seed, 24 bits, centred)
+//     and the row's step, ORed into its field's words in registers.
+// XLA:CPU materializes the codes, then packs them: three passes more.
+// Decode: each code's field bits gathered from the words, then
+// ``(1 - w) lo + w hi`` with ``w = code * (1 / (2^b - 1))``.
+// A row holding a NaN or an infinity gets lo = hi = NaN and zero words (its
+// decode is all NaN, as on the XLA path).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
+#include "vec.h"
+
+namespace ffi = xla::ffi;
+using namespace fedjax_comp;  // NOLINT: the vector helpers of vec.h
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 15;  // coordinates per pass-1 item
+constexpr int64_t kWords = 1 << 10;  // word columns per pass-2 item
+
+// Pass 1 over x[0:len]: min, max, all finite.
+void MinMax(const float* x, int64_t len, float* lo, float* hi, bool* finite) {
+  const float inf = std::numeric_limits<float>::infinity();
+  V8 mn = Splat(inf), mx = Splat(-inf);
+  I8 bad = I8{};
+  const V8 fmax = Splat(std::numeric_limits<float>::max());
+  int64_t j = 0;
+  for (; j + 8 <= len; j += 8) {
+    V8 v;
+    std::memcpy(&v, x + j, sizeof(v));
+    const V8 a = reinterpret_cast<V8>(reinterpret_cast<I8>(v) & (I8{} + 0x7fffffff));
+    bad |= ~(a <= fmax);
+    mn = Select(v < mn, v, mn);
+    mx = Select(v > mx, v, mx);
+  }
+  float l = inf, h = -inf;
+  bool ok = true;
+  for (int k = 0; k < 8; ++k) {
+    l = std::min(l, mn[k]);
+    h = std::max(h, mx[k]);
+    ok &= !bad[k];
+  }
+  for (; j < len; ++j) {
+    ok &= std::fabs(x[j]) <= std::numeric_limits<float>::max();
+    l = std::min(l, x[j]);
+    h = std::max(h, x[j]);
+  }
+  *lo = l;
+  *hi = h;
+  *finite = ok;
+}
+
+// The row's mapping x -> t = (0.5 x - 0.5 lo) * scale * inv * levels, as
+// `kernels.quantize` computes it.
+struct Step {
+  float half_lo, scale, inv, levels;
+};
+
+Step RowStep(float lo, float hi, int bits) {
+  const float half_range = 0.5f * hi - 0.5f * lo;
+  const float scale = half_range > 0x1p100f ? 0x1p-100f : 1.0f;
+  const float denom = half_range > 0 ? half_range * scale : 1.0f;
+  return Step{0.5f * lo, scale, 1.0f / denom, static_cast<float>((1 << bits) - 1)};
+}
+
+inline W8 Fmix(W8 h) {
+  h ^= h >> 16;
+  h *= SplatW(0x85EBCA6Bu);
+  h ^= h >> 13;
+  h *= SplatW(0xC2B2AE35u);
+  return h ^ (h >> 16);
+}
+
+// 8 codes from x[i0 .. i0 + 8) (indices i0 + lane), all valid.
+inline W8 Codes8(const float* x, int64_t i0, const Step& s, uint32_t seed) {
+  V8 v;
+  std::memcpy(&v, x + i0, sizeof(v));
+  const V8 t = (Splat(0.5f) * v - Splat(s.half_lo)) * Splat(s.scale) * Splat(s.inv) *
+               Splat(s.levels);
+  const uint32_t base = static_cast<uint32_t>(i0);
+  const W8 idx = SplatW(base) + W8{0, 1, 2, 3, 4, 5, 6, 7};
+  const W8 h = Fmix(idx * SplatW(0x9E3779B9u) + SplatW(seed));
+  const V8 dither = __builtin_convertvector(reinterpret_cast<I8>(h >> 8), V8) * Splat(0x1p-24f) +
+                    Splat(0x1p-25f);
+  const I8 ti = __builtin_convertvector(t, I8);  // t >= 0: truncation is floor
+  const V8 fl = __builtin_convertvector(ti, V8);
+  I8 code = ti - ((t - fl) > dither);  // a true comparison is -1
+  const I8 top = I8{} + static_cast<int32_t>(s.levels);
+  code = SelectI(code > top, top, code);
+  code = SelectI(code < 0, I8{}, code);
+  return reinterpret_cast<W8>(code);
+}
+
+inline uint32_t Code1(const float* x, int64_t i, const Step& s, uint32_t seed) {
+  const float t = (0.5f * x[i] - s.half_lo) * s.scale * s.inv * s.levels;
+  uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B9u + seed;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  const float dither = static_cast<float>(static_cast<int32_t>(h >> 8)) * 0x1p-24f + 0x1p-25f;
+  const int32_t ti = static_cast<int32_t>(t);
+  int32_t code = ti + ((t - static_cast<float>(ti)) > dither ? 1 : 0);
+  code = std::min(code, static_cast<int32_t>(s.levels));
+  return static_cast<uint32_t>(std::max(code, 0));
+}
+
+ffi::Error QuantizePackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                            ffi::Buffer<ffi::U32> seeds, ffi::ResultBuffer<ffi::U32> words,
+                            ffi::ResultBuffer<ffi::F32> lo_out, ffi::ResultBuffer<ffi::F32> hi_out,
+                            int64_t bits) {
+  auto dims = x.dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("quantize_pack: x needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (bits < 1 || bits > 8 || n < 1)
+    return ffi::Error::InvalidArgument("quantize_pack: bits in 1..8 and n >= 1");
+  const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
+  if (static_cast<int64_t>(seeds.element_count()) != rows ||
+      static_cast<int64_t>(words->element_count()) != rows * bits * groups ||
+      static_cast<int64_t>(lo_out->element_count()) != rows ||
+      static_cast<int64_t>(hi_out->element_count()) != rows)
+    return ffi::Error::InvalidArgument("quantize_pack: seeds or outputs do not match x");
+  if (rows == 0) return ffi::Error::Success();
+  const float* in = x.typed_data();
+  const uint32_t* seed = seeds.typed_data();
+  uint32_t* out = words->typed_data();
+  float* lo = lo_out->typed_data();
+  float* hi = hi_out->typed_data();
+
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<float> part_lo(rows * chunks), part_hi(rows * chunks);
+  std::vector<char> part_ok(rows * chunks);
+  fedjax_comp::ParallelFor(pool, rows * chunks, 2, [&](int64_t it) {
+    const int64_t r = it / chunks, c = it % chunks, j0 = c * kChunk;
+    bool ok;
+    MinMax(in + r * n + j0, std::min(kChunk, n - j0), &part_lo[it], &part_hi[it], &ok);
+    part_ok[it] = ok;
+  });
+  std::vector<Step> steps(rows);
+  std::vector<char> row_ok(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    float l = std::numeric_limits<float>::infinity(), h = -l;
+    bool ok = true;
+    for (int64_t c = 0; c < chunks; ++c) {
+      l = std::min(l, part_lo[r * chunks + c]);
+      h = std::max(h, part_hi[r * chunks + c]);
+      ok &= part_ok[r * chunks + c] != 0;
+    }
+    lo[r] = ok ? l : std::numeric_limits<float>::quiet_NaN();
+    hi[r] = ok ? h : std::numeric_limits<float>::quiet_NaN();
+    row_ok[r] = ok;
+    steps[r] = RowStep(l, h, static_cast<int>(bits));
+  }
+
+  Field fields[4];
+  const int nfields = Fields(static_cast<int>(bits), fields);
+  const int64_t items_per_row = (groups + kWords - 1) / kWords;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 1, [&](int64_t it) {
+    const int64_t r = it / items_per_row, g0 = (it % items_per_row) * kWords;
+    const int64_t g1 = std::min(groups, g0 + kWords);
+    const float* xr = in + r * n;
+    uint32_t* wr = out + r * bits * groups;
+    if (!row_ok[r]) {
+      for (int64_t b = 0; b < bits; ++b) std::fill(wr + b * groups + g0, wr + b * groups + g1, 0u);
+      return;
+    }
+    const Step s = steps[r];
+    const uint32_t sd = seed[r];
+    int64_t g = g0;
+    // Whole runs of 8 word columns whose 32 codes all lie inside the row.
+    for (; g + 8 <= g1 && 31 * groups + g + 8 <= n; g += 8) {
+      W8 acc[8] = {};
+      for (int64_t R = 0; R < 32; ++R) {
+        const W8 code = Codes8(xr, R * groups + g, s, sd);
+        int row = 0;
+        for (int f = 0; f < nfields; ++f) {
+          const int w = fields[f].width, per_word = 32 / w;
+          const W8 field = (code >> fields[f].offset) & SplatW((1u << w) - 1u);
+          acc[row + R / per_word] |= field << static_cast<uint32_t>((R % per_word) * w);
+          row += w;
+        }
+      }
+      for (int64_t b = 0; b < bits; ++b) std::memcpy(wr + b * groups + g, &acc[b], sizeof(W8));
+    }
+    for (; g < g1; ++g) {  // the rest, code by code (padding codes are 0)
+      uint32_t acc[8] = {};
+      for (int64_t R = 0; R < 32; ++R) {
+        const int64_t i = R * groups + g;
+        const uint32_t code = i < n ? Code1(xr, i, s, sd) : 0u;
+        int row = 0;
+        for (int f = 0; f < nfields; ++f) {
+          const int w = fields[f].width, per_word = 32 / w;
+          const uint32_t field = (code >> fields[f].offset) & ((1u << w) - 1u);
+          acc[row + R / per_word] |= field << ((R % per_word) * w);
+          row += w;
+        }
+      }
+      for (int64_t b = 0; b < bits; ++b) wr[b * groups + g] = acc[b];
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error UnpackDequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
+                                ffi::Buffer<ffi::F32> lo_in, ffi::Buffer<ffi::F32> hi_in,
+                                ffi::ResultBuffer<ffi::F32> y, int64_t bits) {
+  auto dims = y->dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("unpack_dequantize: y needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (bits < 1 || bits > 8 || n < 1)
+    return ffi::Error::InvalidArgument("unpack_dequantize: bits in 1..8 and n >= 1");
+  const int64_t rows = static_cast<int64_t>(y->element_count()) / n;
+  if (static_cast<int64_t>(words.element_count()) != rows * bits * groups ||
+      static_cast<int64_t>(lo_in.element_count()) != rows ||
+      static_cast<int64_t>(hi_in.element_count()) != rows)
+    return ffi::Error::InvalidArgument("unpack_dequantize: words, lo or hi do not match y");
+  if (rows == 0) return ffi::Error::Success();
+  Field fields[4];
+  const int nfields = Fields(static_cast<int>(bits), fields);
+  const float inv = static_cast<float>(1.0 / ((1 << bits) - 1));
+  const uint32_t* in = words.typed_data();
+  const float* lo = lo_in.typed_data();
+  const float* hi = hi_in.typed_data();
+  float* out = y->typed_data();
+  const int64_t items_per_row = (n + kChunk - 1) / kChunk;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 2, [&](int64_t it) {
+    const int64_t r = it / items_per_row, i0 = (it % items_per_row) * kChunk;
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    const uint32_t* wr = in + r * bits * groups;
+    float* yr = out + r * n;
+    const float l = lo[r], h = hi[r];
+    const bool bad = !(std::fabs(l) <= std::numeric_limits<float>::max() &&
+                       std::fabs(h) <= std::numeric_limits<float>::max());
+    if (bad) {
+      std::fill(yr + i0, yr + i1, std::numeric_limits<float>::quiet_NaN());
+      return;
+    }
+    for (int64_t i = i0; i < i1;) {  // runs of one R: consecutive words
+      const int64_t R = i / groups, g0 = i % groups;
+      const int64_t run = std::min(i1 - i, groups - g0);
+      const uint32_t* src[4];
+      uint32_t shift[4], mask[4], off[4];
+      int row = 0;
+      for (int f = 0; f < nfields; ++f) {
+        const int w = fields[f].width, per_word = 32 / w;
+        src[f] = wr + (row + R / per_word) * groups + g0;
+        shift[f] = static_cast<uint32_t>((R % per_word) * w);
+        mask[f] = (1u << w) - 1u;
+        off[f] = static_cast<uint32_t>(fields[f].offset);
+        row += w;
+      }
+      int64_t j = 0;
+      for (; j + 8 <= run; j += 8) {
+        W8 code = W8{};
+        for (int f = 0; f < nfields; ++f) {
+          W8 wv;
+          std::memcpy(&wv, src[f] + j, sizeof(wv));
+          code |= ((wv >> shift[f]) & mask[f]) << off[f];
+        }
+        const V8 w = __builtin_convertvector(reinterpret_cast<I8>(code), V8) * Splat(inv);
+        const V8 v = (Splat(1.0f) - w) * Splat(l) + w * Splat(h);
+        std::memcpy(yr + i + j, &v, sizeof(v));
+      }
+      for (; j < run; ++j) {
+        uint32_t code = 0;
+        for (int f = 0; f < nfields; ++f) code |= ((src[f][j] >> shift[f]) & mask[f]) << off[f];
+        const float w = static_cast<float>(code) * inv;
+        yr[i + j] = (1.0f - w) * l + w * h;
+      }
+      i += run;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompQuantizePack, QuantizePackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("bits"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompUnpackDequantize, UnpackDequantizeImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("bits"));

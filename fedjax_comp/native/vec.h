@@ -1,0 +1,53 @@
+// Shared helpers of the native kernels: 8-lane vectors (GCC/clang vector
+// extensions; the compiler splits them where the machine's vectors are
+// narrower) and the field layout of `kernels.pack`.
+
+#ifndef FEDJAX_COMP_NATIVE_VEC_H_
+#define FEDJAX_COMP_NATIVE_VEC_H_
+
+#include <cstdint>
+#include <cstring>
+
+namespace fedjax_comp {
+
+typedef float V8 __attribute__((vector_size(32)));
+typedef int32_t I8 __attribute__((vector_size(32)));
+typedef uint32_t W8 __attribute__((vector_size(32)));
+typedef float V4 __attribute__((vector_size(16)));
+typedef double D4 __attribute__((vector_size(32)));
+typedef uint8_t U8 __attribute__((vector_size(8)));
+
+inline V8 Load(const float* p) {
+  V8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+inline V8 Splat(float f) { return V8{f, f, f, f, f, f, f, f}; }
+inline W8 SplatW(uint32_t u) { return W8{u, u, u, u, u, u, u, u}; }
+// Lane-wise c ? a : b for a comparison mask c (all ones or zero per lane).
+inline V8 Select(I8 c, V8 a, V8 b) {
+  return reinterpret_cast<V8>((c & reinterpret_cast<I8>(a)) | (~c & reinterpret_cast<I8>(b)));
+}
+inline I8 SelectI(I8 c, I8 a, I8 b) { return (c & a) | (~c & b); }
+
+// A power-of-two-wide field of a b-bit code (`kernels._fields`): code bits
+// [offset, offset + width) fill `width` words of each 32-code group, 32 /
+// width fields to a word.
+struct Field {
+  int offset, width;
+};
+
+// The fields a `bits`-bit code splits into (b = 7: 1 + 2 + 4); their count.
+inline int Fields(int bits, Field* out) {
+  int count = 0, offset = 0;
+  for (int width : {1, 2, 4, 8})
+    if (bits & width) {
+      out[count++] = Field{offset, width};
+      offset += width;
+    }
+  return count;
+}
+
+}  // namespace fedjax_comp
+
+#endif  // FEDJAX_COMP_NATIVE_VEC_H_

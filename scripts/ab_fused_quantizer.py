@@ -1,0 +1,81 @@
+#!/usr/bin/env python
+r"""Paired A/B of the fused quantizer: `quantize` with the native kernels against XLA's.
+
+::
+
+  .venv/bin/python scripts/ab_fused_quantizer.py
+  .venv/bin/python scripts/ab_fused_quantizer.py --bits=1,8 --shapes=10x65536,4x262144
+
+For each ``quantize(bits=b)`` and each ``CLIENTS x N`` shape, every client's
+update is encoded, decoded and summed (a ones-row product) in one jitted
+vmap, once with `kernels.quantize_pack` / `kernels.unpack_dequantize` on
+their native path (`fedjax_comp.native`, forced at every length) and once
+on XLA's (quantize + pack, unpack + dequantize); the two are timed
+alternately (`benchmarks._timing.Pair`) and the median of their per-pair
+quotients printed. Both sides compute the same codes bit for bit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from benchmarks._timing import Pair  # noqa: E402
+from fedjax_comp import codecs, kernels, native  # noqa: E402
+
+
+def jit_with(fn, use_native: bool, example):
+  """`fn` jitted (a fresh function, traced now) with the native quantizer on or off."""
+  real = kernels._native_quantizer  # pylint: disable=protected-access
+  kernels._native_quantizer = (lambda n: native.available()) if use_native else (lambda n: False)
+  try:
+    jitted = jax.jit(lambda v: fn(v))
+    jax.block_until_ready(jitted(example))
+  finally:
+    kernels._native_quantizer = real
+  return jitted
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--bits", default="1,2,3,4,6,8")
+  parser.add_argument("--shapes", default="10x4096,10x8192,10x15210,10x65536,1x1048576")
+  parser.add_argument("--repeats", type=int, default=9)
+  args = parser.parse_args(argv)
+  if not native.available():
+    print("the native kernels are not built: nothing to compare")
+    return 1
+  shapes = []
+  for text in args.shapes.split(","):
+    clients, n = (int(v) for v in text.lower().split("x"))
+    if clients < 1 or n < 1:
+      parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
+    shapes.append((clients, n))
+  for bits in (int(b) for b in args.bits.split(",")):
+    codec = codecs.parse(f"quantize(bits={bits})")
+    for clients, n in shapes:
+      x = jax.random.normal(jax.random.key(0), (clients, n))
+      keys = jax.random.split(jax.random.key(1), clients)
+
+      def cohort(xs, keys=keys, c=codec):
+        ys = jax.vmap(lambda k, v: c.decode(k, c.encode(k, v, ())[0]))(keys, xs)
+        return jnp.ones((1, ys.shape[0])) @ ys
+
+      pair = Pair(lambda a=jit_with(cohort, True, x): a(x),
+                  lambda b=jit_with(cohort, False, x): b(x), repeats=args.repeats, span_s=0.05)
+      ratio = pair.ratio()
+      print(f"quantize(bits={bits}) {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
+            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
