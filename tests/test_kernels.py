@@ -363,6 +363,8 @@ def test_fused_quantizer_is_the_xla_quantizer_bit_for_bit(bits):
     np.testing.assert_array_equal(lo, lo_ref)
     np.testing.assert_array_equal(hi, hi_ref)
     np.testing.assert_array_equal(words[:2], jax.vmap(lambda c: K.pack(c, bits))(codes[:2]))
+    if n >= K.NATIVE_MIN_LENGTH:
+      assert not np.any(np.asarray(words[2]))  # a NaN row sends zero words
     y = np.asarray(jax.jit(jax.vmap(lambda w, a, b: K.unpack_dequantize(w, a, b, bits, n)))(
         words, lo, hi))
     # numpy's float32 (1 - w) lo + w hi, rounded op by op: the native kernel
@@ -375,3 +377,18 @@ def test_fused_quantizer_is_the_xla_quantizer_bit_for_bit(bits):
       np.testing.assert_array_equal(y[:2], ref)
     np.testing.assert_allclose(y[:2], ref, rtol=3e-7, atol=1e-6)
     assert np.all(np.isnan(y[2]))
+
+
+def test_xla_quantizer_divides_by_multiplying_by_the_reciprocal():
+  # The native quantizer computes t = (x/2 - lo/2) * scale * (1 / denom) * levels,
+  # which is how XLA:CPU lowers kernels.quantize's division today (exact
+  # division differs on about a quarter of the values). Were that to change,
+  # the two paths' codes would part: this pins it.
+  x = np.random.default_rng(0).standard_normal(100_000).astype(np.float32) * 7
+  lo, denom = np.float32(x.min()), np.float32(0.5 * x.max() - 0.5 * x.min())
+  t = jax.jit(lambda v, l, d: (0.5 * v - 0.5 * l) * np.float32(1.0) / d * np.float32(15.0))(
+      x, lo, denom)  # lo and denom traced, as kernels.quantize computes them
+  ref = (np.float32(0.5) * x - np.float32(0.5) * lo) * np.float32(1.0) * (
+      np.float32(1.0) / denom) * np.float32(15.0)
+  if jax.default_backend() == "cpu":
+    np.testing.assert_array_equal(t, ref)

@@ -57,8 +57,9 @@ _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
             _HERE / "quantize.cc")
 _HEADERS = (_HERE / "parallel_for.h", _HERE / "vec.h")
-# -ffp-contract=off: no fused multiply-adds, so products and sums round as
-# XLA's separate operations do (the quantizers match the XLA path bit for bit).
+# -ffp-contract=off: no fused multiply-adds, so products and sums round op by
+# op (the fused quantizer's codes match the XLA path's bit for bit; its decode
+# matches numpy's float32, XLA's jitted decode to an ulp).
 _FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC", "-w")
 
 

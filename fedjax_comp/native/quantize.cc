@@ -12,7 +12,11 @@
 // Decode: each code's field bits gathered from the words, then
 // ``(1 - w) lo + w hi`` with ``w = code * (1 / (2^b - 1))``.
 // A row holding a NaN or an infinity gets lo = hi = NaN and zero words (its
-// decode is all NaN, as on the XLA path).
+// decode is all NaN, as on the XLA path). The codes, lo and hi equal the XLA
+// path's bit for bit but for the sign of a zero min or max (which of +-0 a
+// reduction returns depends on its order); the decode equals numpy's
+// op-by-op float32, which XLA's jitted decode can miss by an ulp where it
+// contracts into FMAs.
 
 #include <algorithm>
 #include <cmath>
@@ -97,9 +101,13 @@ inline W8 Codes8(const float* x, int64_t i0, const Step& s, uint32_t seed) {
   const W8 h = Fmix(idx * SplatW(0x9E3779B9u) + SplatW(seed));
   const V8 dither = __builtin_convertvector(reinterpret_cast<I8>(h >> 8), V8) * Splat(0x1p-24f) +
                     Splat(0x1p-25f);
-  const I8 ti = __builtin_convertvector(t, I8);  // t >= 0: truncation is floor
+  // t >= 0, and t <= levels but for rounding (with XLA's flush-to-zero a
+  // nonzero range is >= 2^-126, so 1 / denom is finite); the clamp keeps the
+  // conversion defined even if that ever failed (inf, NaN).
+  const V8 tc = Select(t < Splat(s.levels + 1.0f), t, Splat(s.levels + 1.0f));
+  const I8 ti = __builtin_convertvector(tc, I8);  // truncation is floor
   const V8 fl = __builtin_convertvector(ti, V8);
-  I8 code = ti - ((t - fl) > dither);  // a true comparison is -1
+  I8 code = ti - ((tc - fl) > dither);  // a true comparison is -1
   const I8 top = I8{} + static_cast<int32_t>(s.levels);
   code = SelectI(code > top, top, code);
   code = SelectI(code < 0, I8{}, code);
@@ -115,8 +123,9 @@ inline uint32_t Code1(const float* x, int64_t i, const Step& s, uint32_t seed) {
   h *= 0xC2B2AE35u;
   h ^= h >> 16;
   const float dither = static_cast<float>(static_cast<int32_t>(h >> 8)) * 0x1p-24f + 0x1p-25f;
-  const int32_t ti = static_cast<int32_t>(t);
-  int32_t code = ti + ((t - static_cast<float>(ti)) > dither ? 1 : 0);
+  const float tc = t < s.levels + 1.0f ? t : s.levels + 1.0f;  // as Codes8
+  const int32_t ti = static_cast<int32_t>(tc);
+  int32_t code = ti + ((tc - static_cast<float>(ti)) > dither ? 1 : 0);
   code = std::min(code, static_cast<int32_t>(s.levels));
   return static_cast<uint32_t>(std::max(code, 0));
 }
