@@ -323,7 +323,8 @@ def dequantize(codes: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
 NATIVE_MIN_LENGTH = 10_000
 
 
-def _native_quantizer(n: int) -> bool:
+def native_quantizer(n: int) -> bool:
+  """Whether n-coordinate vectors take the native quantizers (a CPU, n >= NATIVE_MIN_LENGTH)."""
   return n >= NATIVE_MIN_LENGTH and jax.default_backend() == "cpu" and native.available()
 
 
@@ -343,7 +344,7 @@ def quantize_pack(key: jax.Array, x: jax.Array, bits: int
     return pack(codes, bits), lo, hi
 
   n, batch = x.shape[-1], x.shape[:-1]
-  if not _native_quantizer(n):
+  if not native_quantizer(n):
     return xla(key, x)
   x = x.astype(jnp.float32)
   seeds = jax.random.bits(key, batch + (1,), jnp.uint32)[..., 0]  # `dither`'s draw
@@ -357,7 +358,7 @@ def unpack_dequantize(words: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
   def xla(w, l, h):
     return dequantize(unpack(w, bits, n), l, h, bits, jnp.float32)
 
-  if not _native_quantizer(n):
+  if not native_quantizer(n):
     return xla(words, lo, hi).astype(dtype)
   y = lax.platform_dependent(
       words, lo, hi, cpu=lambda w, l, h: native.unpack_dequantize(w, l, h, bits, n), default=xla)

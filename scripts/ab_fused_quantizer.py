@@ -1,14 +1,16 @@
 #!/usr/bin/env python
-r"""Paired A/B of the fused quantizer: `quantize` with the native kernels against XLA's.
+r"""Paired A/B of the fused quantizers: `quantize` and `terngrad`, native kernels against XLA's.
 
 ::
 
   .venv/bin/python scripts/ab_fused_quantizer.py
   .venv/bin/python scripts/ab_fused_quantizer.py --bits=1,8 --shapes=10x65536,4x262144
 
-For each ``quantize(bits=b)`` and each ``CLIENTS x N`` shape, every client's
+For each ``quantize(bits=b)``, ``terngrad`` (unless
+``--no_terngrad``) and each ``CLIENTS x N`` shape, every client's
 update is encoded, decoded and summed (a ones-row product) in one jitted
-vmap, once with `kernels.quantize_pack` / `kernels.unpack_dequantize` on
+vmap, once with the native quantizers (`kernels.quantize_pack` /
+`kernels.unpack_dequantize`, `native.ternary_pack` / `ternary_unpack`) on
 their native path (`fedjax_comp.native`, forced at every length) and once
 on XLA's (quantize + pack, unpack + dequantize); the two are timed
 alternately (`benchmarks._timing.Pair`) and the median of their per-pair
@@ -34,13 +36,13 @@ from fedjax_comp import codecs, kernels, native  # noqa: E402
 
 def jit_with(fn, use_native: bool, example):
   """`fn` jitted (a fresh function, traced now) with the native quantizer on or off."""
-  real = kernels._native_quantizer  # pylint: disable=protected-access
-  kernels._native_quantizer = (lambda n: native.available()) if use_native else (lambda n: False)
+  real = kernels.native_quantizer
+  kernels.native_quantizer = (lambda n: native.available()) if use_native else (lambda n: False)
   try:
     jitted = jax.jit(lambda v: fn(v))
     jax.block_until_ready(jitted(example))
   finally:
-    kernels._native_quantizer = real
+    kernels.native_quantizer = real
   return jitted
 
 
@@ -49,6 +51,7 @@ def main(argv=None) -> int:
   parser.add_argument("--bits", default="1,2,3,4,6,8")
   parser.add_argument("--shapes", default="10x4096,10x8192,10x15210,10x65536,1x1048576")
   parser.add_argument("--repeats", type=int, default=9)
+  parser.add_argument("--no_terngrad", action="store_true")
   args = parser.parse_args(argv)
   if not native.available():
     print("the native kernels are not built: nothing to compare")
@@ -59,8 +62,9 @@ def main(argv=None) -> int:
     if clients < 1 or n < 1:
       parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
     shapes.append((clients, n))
-  for bits in (int(b) for b in args.bits.split(",")):
-    codec = codecs.parse(f"quantize(bits={bits})")
+  specs = [f"quantize(bits={int(b)})" for b in args.bits.split(",")]
+  for spec in specs + ([] if args.no_terngrad else ["terngrad"]):
+    codec = codecs.parse(spec)
     for clients, n in shapes:
       x = jax.random.normal(jax.random.key(0), (clients, n))
       keys = jax.random.split(jax.random.key(1), clients)
@@ -72,7 +76,7 @@ def main(argv=None) -> int:
       pair = Pair(lambda a=jit_with(cohort, True, x): a(x),
                   lambda b=jit_with(cohort, False, x): b(x), repeats=args.repeats, span_s=0.05)
       ratio = pair.ratio()
-      print(f"quantize(bits={bits}) {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
+      print(f"{spec} {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
             f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}", flush=True)
   return 0
 

@@ -238,6 +238,28 @@ def test_native_and_xla_rotated_codecs_agree(spec, monkeypatch):
   assert np.all(np.abs(np.asarray(native_y) - np.asarray(xla_y)) <= tol)
 
 
+@needs_native
+@pytest.mark.parametrize("spec", ["terngrad", "quantize(bits=3)"])
+def test_native_and_xla_ternary_and_quantize_codecs_agree(spec, monkeypatch):
+  # From kernels.NATIVE_MIN_LENGTH on, both codecs encode in one native pass:
+  # the same payload bit for bit, the same decode (terngrad exactly; quantize's
+  # to an ulp, where XLA's fused decode contracts into FMAs). A NaN row stays NaN.
+  codec = C.parse(spec)
+  n = K.NATIVE_MIN_LENGTH + 77
+  x = np.array(jax.random.normal(jax.random.key(13), (3, n)))
+  x[1, 5] = np.nan
+  keys = jax.random.split(jax.random.key(14), 3)
+  round_trip = lambda: jax.jit(jax.vmap(lambda k, v: (
+      lambda p: (p, codec.decode(k, p)))(codec.encode(k, v, ())[0])))(keys, jnp.asarray(x))
+  native_payload, native_y = round_trip()
+  monkeypatch.setattr(K, "native_quantizer", lambda n: False)
+  xla_payload, xla_y = round_trip()
+  for a, b in zip(jax.tree.leaves(native_payload), jax.tree.leaves(xla_payload)):
+    np.testing.assert_array_equal(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]])
+  np.testing.assert_allclose(np.asarray(native_y)[[0, 2]], np.asarray(xla_y)[[0, 2]], rtol=3e-7)
+  assert np.all(np.isnan(np.asarray(native_y)[1]))
+
+
 @pytest.mark.parametrize("n,k", [(16, 8), (4096, 1024), (64, 8), (1000, 300), (64, 4), (7, 7)])
 def test_kept_coordinates_are_the_gather_exactly(n, k):
   # Equal strata of <= 8 take the select path, the rest the gather.

@@ -31,8 +31,9 @@ import math
 import flax.struct
 import jax
 import jax.numpy as jnp
+from jax import lax
 
-from fedjax_comp import kernels
+from fedjax_comp import kernels, native
 from fedjax_comp.codecs.aggregation import majority_vote
 from fedjax_comp.codecs.base import (Codec, FlatMeta, flatten_update, per_leaf, static_field,
                                      unflatten_update)
@@ -53,20 +54,36 @@ def terngrad() -> Codec:
     A stateless `Codec`: ``64 * ceil(n / 32) + 32`` bits per leaf of n coordinates.
   """
 
-  def encode_leaf(key, x):
-    flat = x.reshape(-1).astype(jnp.float32)
+  def encode_xla(key, flat):
     s = jnp.max(jnp.abs(flat), initial=0.0)
     s = jnp.where(jnp.all(jnp.isfinite(flat)), s, jnp.nan)
     p = jnp.abs(flat) / jnp.where(s > 0, s, 1.0)
     keep = p > kernels.dither(key, flat.shape) if flat.shape[0] else p > 0
     codes = jnp.where(keep, jnp.where(flat < 0, 0, 2), 1).astype(jnp.uint32)
-    return Ternary(words=kernels.pack(codes, 2), scale=s, shape=tuple(x.shape),
-                   dtype=jnp.dtype(x.dtype).name)
+    return kernels.pack(codes, 2), s
+
+  def encode_leaf(key, x):
+    flat = x.reshape(-1).astype(jnp.float32)
+    if kernels.native_quantizer(flat.shape[0]):  # the same codes, one native pass
+      seeds = jax.random.bits(key, (1,), jnp.uint32)[0]  # `kernels.dither`'s draw
+      words, s = lax.platform_dependent(
+          key, flat, cpu=lambda k, v: native.ternary_pack(v, seeds), default=encode_xla)
+    else:
+      words, s = encode_xla(key, flat)
+    return Ternary(words=words, scale=s, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype).name)
+
+  def decode_xla(words, scale, n):
+    return (kernels.unpack(words, 2, n).astype(jnp.float32) - 1.0) * scale
 
   def decode_leaf(key, t):
     del key
-    codes = kernels.unpack(t.words, 2, math.prod(t.shape)).astype(jnp.float32)
-    return ((codes - 1.0) * t.scale).reshape(t.shape).astype(jnp.dtype(t.dtype))
+    n = math.prod(t.shape)
+    if kernels.native_quantizer(n):
+      y = lax.platform_dependent(t.words, t.scale, default=lambda w, s: decode_xla(w, s, n),
+                                 cpu=lambda w, s: native.ternary_unpack(w, s, n))
+    else:
+      y = decode_xla(t.words, t.scale, n)
+    return y.reshape(t.shape).astype(jnp.dtype(t.dtype))
 
   return per_leaf(encode_leaf, decode_leaf, Ternary, name="terngrad")
 

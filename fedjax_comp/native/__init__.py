@@ -12,8 +12,9 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 - exact top-k by magnitude (`top_k.cc`, `top_k_indices`): a radix select,
   two passes over the row, where `lax.top_k` sorts on a CPU;
 - the stochastic min-max quantizer fused with bit packing, and its inverse
-  (`quantize.cc`, `quantize_pack` and `unpack_dequantize`): two passes
-  where XLA:CPU materializes the codes and then packs them.
+  (`quantize.cc`, `quantize_pack` and `unpack_dequantize`), and TernGrad's
+  the same way (`ternary_pack`, `ternary_unpack`): two passes where XLA:CPU
+  materializes the codes and then packs them.
 
 Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
@@ -53,6 +54,8 @@ DEQUANTIZE_TARGET = "fedjax_comp_rotated_dequantize"
 TOP_K_TARGET = "fedjax_comp_top_k"
 QUANTIZE_PACK_TARGET = "fedjax_comp_quantize_pack"
 UNPACK_DEQUANTIZE_TARGET = "fedjax_comp_unpack_dequantize"
+TERNARY_PACK_TARGET = "fedjax_comp_ternary_pack"
+TERNARY_UNPACK_TARGET = "fedjax_comp_ternary_unpack"
 _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
             _HERE / "quantize.cc")
@@ -135,7 +138,9 @@ def available() -> bool:
                            (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize),
                            (TOP_K_TARGET, lib.FedjaxCompTopK),
                            (QUANTIZE_PACK_TARGET, lib.FedjaxCompQuantizePack),
-                           (UNPACK_DEQUANTIZE_TARGET, lib.FedjaxCompUnpackDequantize)):
+                           (UNPACK_DEQUANTIZE_TARGET, lib.FedjaxCompUnpackDequantize),
+                           (TERNARY_PACK_TARGET, lib.FedjaxCompTernaryPack),
+                           (TERNARY_UNPACK_TARGET, lib.FedjaxCompTernaryUnpack)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
@@ -268,3 +273,25 @@ def unpack_dequantize(words: jax.Array, lo: jax.Array, hi: jax.Array, bits: int,
                           jax.ShapeDtypeStruct(lo.shape + (n,), jnp.float32),
                           vmap_method="broadcast_all")
   return call(words, lo, hi, bits=np.int64(bits))
+
+
+def ternary_pack(x: jax.Array, seeds: jax.Array):
+  """TernGrad's encode, fused (quantize.cc): ``(words uint32 [..., 2, G], scale [...])``.
+
+  x: float32 ``[..., n]``; seeds: uint32 ``[...]`` (`kernels.dither`'s draw).
+  """
+  n, batch = x.shape[-1], x.shape[:-1]
+  call = jax.ffi.ffi_call(
+      TERNARY_PACK_TARGET,
+      (jax.ShapeDtypeStruct(batch + (2, -(-n // 32)), jnp.uint32),
+       jax.ShapeDtypeStruct(batch, jnp.float32)),
+      vmap_method="broadcast_all")
+  return call(x, seeds)
+
+
+def ternary_unpack(words: jax.Array, scale: jax.Array, n: int) -> jax.Array:
+  """TernGrad's decode, fused: ``(code - 1) * scale``, float32 ``[..., n]``."""
+  call = jax.ffi.ffi_call(TERNARY_UNPACK_TARGET,
+                          jax.ShapeDtypeStruct(scale.shape + (n,), jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(words, scale)

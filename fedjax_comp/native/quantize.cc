@@ -82,6 +82,24 @@ Step RowStep(float lo, float hi, int bits) {
   return Step{0.5f * lo, scale, 1.0f / denom, static_cast<float>((1 << bits) - 1)};
 }
 
+// `kernels.dither` of coordinates i0 .. i0 + 7 (one), for the row's seed.
+inline W8 Fmix(W8 h);
+inline V8 Dither8(int64_t i0, uint32_t seed) {
+  const W8 idx = SplatW(static_cast<uint32_t>(i0)) + W8{0, 1, 2, 3, 4, 5, 6, 7};
+  const W8 h = Fmix(idx * SplatW(0x9E3779B9u) + SplatW(seed));
+  return __builtin_convertvector(reinterpret_cast<I8>(h >> 8), V8) * Splat(0x1p-24f) +
+         Splat(0x1p-25f);
+}
+inline float Dither1(int64_t i, uint32_t seed) {
+  uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B9u + seed;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return static_cast<float>(static_cast<int32_t>(h >> 8)) * 0x1p-24f + 0x1p-25f;
+}
+
 inline W8 Fmix(W8 h) {
   h ^= h >> 16;
   h *= SplatW(0x85EBCA6Bu);
@@ -96,11 +114,7 @@ inline W8 Codes8(const float* x, int64_t i0, const Step& s, uint32_t seed) {
   std::memcpy(&v, x + i0, sizeof(v));
   const V8 t = (Splat(0.5f) * v - Splat(s.half_lo)) * Splat(s.scale) * Splat(s.inv) *
                Splat(s.levels);
-  const uint32_t base = static_cast<uint32_t>(i0);
-  const W8 idx = SplatW(base) + W8{0, 1, 2, 3, 4, 5, 6, 7};
-  const W8 h = Fmix(idx * SplatW(0x9E3779B9u) + SplatW(seed));
-  const V8 dither = __builtin_convertvector(reinterpret_cast<I8>(h >> 8), V8) * Splat(0x1p-24f) +
-                    Splat(0x1p-25f);
+  const V8 dither = Dither8(i0, seed);
   // t >= 0, and t <= levels but for rounding (with XLA's flush-to-zero a
   // nonzero range is >= 2^-126, so 1 / denom is finite); the clamp keeps the
   // conversion defined even if that ever failed (inf, NaN).
@@ -116,18 +130,52 @@ inline W8 Codes8(const float* x, int64_t i0, const Step& s, uint32_t seed) {
 
 inline uint32_t Code1(const float* x, int64_t i, const Step& s, uint32_t seed) {
   const float t = (0.5f * x[i] - s.half_lo) * s.scale * s.inv * s.levels;
-  uint32_t h = static_cast<uint32_t>(i) * 0x9E3779B9u + seed;
-  h ^= h >> 16;
-  h *= 0x85EBCA6Bu;
-  h ^= h >> 13;
-  h *= 0xC2B2AE35u;
-  h ^= h >> 16;
-  const float dither = static_cast<float>(static_cast<int32_t>(h >> 8)) * 0x1p-24f + 0x1p-25f;
+  const float dither = Dither1(i, seed);
   const float tc = t < s.levels + 1.0f ? t : s.levels + 1.0f;  // as Codes8
   const int32_t ti = static_cast<int32_t>(tc);
   int32_t code = ti + ((tc - static_cast<float>(ti)) > dither ? 1 : 0);
   code = std::min(code, static_cast<int32_t>(s.levels));
   return static_cast<uint32_t>(std::max(code, 0));
+}
+
+// Word columns [g0, g1) of one row's `bits`-bit codes, packed as `kernels.pack`
+// packs them: code8(i0) gives codes i0 .. i0 + 7, code1(i) code i (< n).
+template <typename Code8, typename Code1Fn>
+void PackRange(int64_t n, int64_t groups, int64_t bits, int64_t g0, int64_t g1, uint32_t* wr,
+               Code8 code8, Code1Fn code1) {
+  Field fields[4];
+  const int nfields = Fields(static_cast<int>(bits), fields);
+  int64_t g = g0;
+  // Whole runs of 8 word columns whose 32 codes all lie inside the row.
+  for (; g + 8 <= g1 && 31 * groups + g + 8 <= n; g += 8) {
+    W8 acc[8] = {};
+    for (int64_t R = 0; R < 32; ++R) {
+      const W8 code = code8(R * groups + g);
+      int row = 0;
+      for (int f = 0; f < nfields; ++f) {
+        const int w = fields[f].width, per_word = 32 / w;
+        const W8 field = (code >> fields[f].offset) & SplatW((1u << w) - 1u);
+        acc[row + R / per_word] |= field << static_cast<uint32_t>((R % per_word) * w);
+        row += w;
+      }
+    }
+    for (int64_t b = 0; b < bits; ++b) std::memcpy(wr + b * groups + g, &acc[b], sizeof(W8));
+  }
+  for (; g < g1; ++g) {  // the rest, code by code (padding codes are 0)
+    uint32_t acc[8] = {};
+    for (int64_t R = 0; R < 32; ++R) {
+      const int64_t i = R * groups + g;
+      const uint32_t code = i < n ? code1(i) : 0u;
+      int row = 0;
+      for (int f = 0; f < nfields; ++f) {
+        const int w = fields[f].width, per_word = 32 / w;
+        const uint32_t field = (code >> fields[f].offset) & ((1u << w) - 1u);
+        acc[row + R / per_word] |= field << ((R % per_word) * w);
+        row += w;
+      }
+    }
+    for (int64_t b = 0; b < bits; ++b) wr[b * groups + g] = acc[b];
+  }
 }
 
 ffi::Error QuantizePackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
@@ -177,8 +225,6 @@ ffi::Error QuantizePackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     steps[r] = RowStep(l, h, static_cast<int>(bits));
   }
 
-  Field fields[4];
-  const int nfields = Fields(static_cast<int>(bits), fields);
   const int64_t items_per_row = (groups + kWords - 1) / kWords;
   fedjax_comp::ParallelFor(pool, rows * items_per_row, 1, [&](int64_t it) {
     const int64_t r = it / items_per_row, g0 = (it % items_per_row) * kWords;
@@ -191,37 +237,8 @@ ffi::Error QuantizePackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     }
     const Step s = steps[r];
     const uint32_t sd = seed[r];
-    int64_t g = g0;
-    // Whole runs of 8 word columns whose 32 codes all lie inside the row.
-    for (; g + 8 <= g1 && 31 * groups + g + 8 <= n; g += 8) {
-      W8 acc[8] = {};
-      for (int64_t R = 0; R < 32; ++R) {
-        const W8 code = Codes8(xr, R * groups + g, s, sd);
-        int row = 0;
-        for (int f = 0; f < nfields; ++f) {
-          const int w = fields[f].width, per_word = 32 / w;
-          const W8 field = (code >> fields[f].offset) & SplatW((1u << w) - 1u);
-          acc[row + R / per_word] |= field << static_cast<uint32_t>((R % per_word) * w);
-          row += w;
-        }
-      }
-      for (int64_t b = 0; b < bits; ++b) std::memcpy(wr + b * groups + g, &acc[b], sizeof(W8));
-    }
-    for (; g < g1; ++g) {  // the rest, code by code (padding codes are 0)
-      uint32_t acc[8] = {};
-      for (int64_t R = 0; R < 32; ++R) {
-        const int64_t i = R * groups + g;
-        const uint32_t code = i < n ? Code1(xr, i, s, sd) : 0u;
-        int row = 0;
-        for (int f = 0; f < nfields; ++f) {
-          const int w = fields[f].width, per_word = 32 / w;
-          const uint32_t field = (code >> fields[f].offset) & ((1u << w) - 1u);
-          acc[row + R / per_word] |= field << ((R % per_word) * w);
-          row += w;
-        }
-      }
-      for (int64_t b = 0; b < bits; ++b) wr[b * groups + g] = acc[b];
-    }
+    PackRange(n, groups, bits, g0, g1, wr, [&](int64_t i0) { return Codes8(xr, i0, s, sd); },
+              [&](int64_t i) { return Code1(xr, i, s, sd); });
   });
   return ffi::Error::Success();
 }
@@ -298,6 +315,120 @@ ffi::Error UnpackDequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> word
   return ffi::Error::Success();
 }
 
+
+// TernGrad (`codecs.terngrad`): per row s = max |x| (NaN if a value is not
+// finite); code 0 (-s), 1 (0) or 2 (+s), kept (not 1) with probability
+// |x| / s against the same dither; 2-bit codes packed.
+ffi::Error TernaryPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
+                           ffi::Buffer<ffi::U32> seeds, ffi::ResultBuffer<ffi::U32> words,
+                           ffi::ResultBuffer<ffi::F32> scale_out) {
+  auto dims = x.dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("ternary_pack: x needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (n < 1) return ffi::Error::InvalidArgument("ternary_pack: n >= 1");
+  const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
+  if (static_cast<int64_t>(seeds.element_count()) != rows ||
+      static_cast<int64_t>(words->element_count()) != rows * 2 * groups ||
+      static_cast<int64_t>(scale_out->element_count()) != rows)
+    return ffi::Error::InvalidArgument("ternary_pack: seeds or outputs do not match x");
+  if (rows == 0) return ffi::Error::Success();
+  const float* in = x.typed_data();
+  const uint32_t* seed = seeds.typed_data();
+  uint32_t* out = words->typed_data();
+  float* scale = scale_out->typed_data();
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<float> part_lo(rows * chunks), part_hi(rows * chunks);
+  std::vector<char> part_ok(rows * chunks);
+  fedjax_comp::ParallelFor(pool, rows * chunks, 2, [&](int64_t it) {
+    const int64_t r = it / chunks, j0 = (it % chunks) * kChunk;
+    bool ok;
+    MinMax(in + r * n + j0, std::min(kChunk, n - j0), &part_lo[it], &part_hi[it], &ok);
+    part_ok[it] = ok;
+  });
+  std::vector<float> inv(rows);
+  std::vector<char> row_ok(rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    float top = 0.0f;  // max |x| (kernels: initial 0)
+    bool ok = true;
+    for (int64_t c = 0; c < chunks; ++c) {
+      top = std::max(top, std::max(std::fabs(part_lo[r * chunks + c]),
+                                   std::fabs(part_hi[r * chunks + c])));
+      ok &= part_ok[r * chunks + c] != 0;
+    }
+    scale[r] = ok ? top : std::numeric_limits<float>::quiet_NaN();
+    row_ok[r] = ok;
+    inv[r] = 1.0f / (top > 0 ? top : 1.0f);  // XLA:CPU divides by multiplying so
+  }
+  const int64_t items_per_row = (groups + kWords - 1) / kWords;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 1, [&](int64_t it) {
+    const int64_t r = it / items_per_row, g0 = (it % items_per_row) * kWords;
+    const int64_t g1 = std::min(groups, g0 + kWords);
+    const float* xr = in + r * n;
+    uint32_t* wr = out + r * 2 * groups;
+    if (!row_ok[r]) {
+      for (int64_t b = 0; b < 2; ++b) std::fill(wr + b * groups + g0, wr + b * groups + g1, 0u);
+      return;
+    }
+    const float iv = inv[r];
+    const uint32_t sd = seed[r];
+    auto code8 = [&](int64_t i0) {
+      const V8 v = Load(xr + i0);
+      const V8 a = reinterpret_cast<V8>(reinterpret_cast<I8>(v) & (I8{} + 0x7fffffff));
+      const I8 keep = (a * Splat(iv)) > Dither8(i0, sd);
+      const I8 sign = SelectI(v < Splat(0.0f), I8{}, I8{} + 2);
+      return reinterpret_cast<W8>(SelectI(keep, sign, I8{} + 1));
+    };
+    auto code1 = [&](int64_t i) {
+      const float v = xr[i];
+      if (!(std::fabs(v) * iv > Dither1(i, sd))) return 1u;
+      return v < 0.0f ? 0u : 2u;
+    };
+    PackRange(n, groups, 2, g0, g1, wr, code8, code1);
+  });
+  return ffi::Error::Success();
+}
+
+// TernGrad's decode: (code - 1) * s.
+ffi::Error TernaryUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
+                             ffi::Buffer<ffi::F32> scale_in, ffi::ResultBuffer<ffi::F32> y) {
+  auto dims = y->dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("ternary_unpack: y needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (n < 1) return ffi::Error::InvalidArgument("ternary_unpack: n >= 1");
+  const int64_t rows = static_cast<int64_t>(y->element_count()) / n;
+  if (static_cast<int64_t>(words.element_count()) != rows * 2 * groups ||
+      static_cast<int64_t>(scale_in.element_count()) != rows)
+    return ffi::Error::InvalidArgument("ternary_unpack: words or scale do not match y");
+  const uint32_t* in = words.typed_data();
+  const float* scale = scale_in.typed_data();
+  float* out = y->typed_data();
+  const int64_t items_per_row = (n + kChunk - 1) / kChunk;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 2, [&](int64_t it) {
+    const int64_t r = it / items_per_row, i0 = (it % items_per_row) * kChunk;
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    const uint32_t* wr = in + r * 2 * groups;
+    float* yr = out + r * n;
+    const float sc = scale[r];
+    for (int64_t i = i0; i < i1;) {  // runs of one R: consecutive words
+      const int64_t R = i / groups, g0 = i % groups;
+      const int64_t run = std::min(i1 - i, groups - g0);
+      const uint32_t* src = wr + (R / 16) * groups + g0;
+      const uint32_t shift = static_cast<uint32_t>((R % 16) * 2);
+      int64_t j = 0;
+      for (; j + 8 <= run; j += 8) {
+        W8 wv;
+        std::memcpy(&wv, src + j, sizeof(wv));
+        const V8 c = __builtin_convertvector(reinterpret_cast<I8>((wv >> shift) & 3u), V8);
+        const V8 v = (c - Splat(1.0f)) * Splat(sc);
+        std::memcpy(yr + i + j, &v, sizeof(v));
+      }
+      for (; j < run; ++j)
+        yr[i + j] = (static_cast<float>((src[j] >> shift) & 3u) - 1.0f) * sc;
+      i += run;
+    }
+  });
+  return ffi::Error::Success();
+}
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompQuantizePack, QuantizePackImpl,
@@ -318,3 +449,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompUnpackDequantize, UnpackDequantizeImpl,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("bits"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompTernaryPack, TernaryPackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompTernaryUnpack, TernaryUnpackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
