@@ -6,7 +6,8 @@
   `fedjax_comp.algorithms.reference.cohort_sums` (FedJAX's default backend).
   `setup` builds both; `measure_throughput` times them against each other.
 * The compression kernels and their yardstick, a copy ``-x`` of an array of
-  the same size (`copy`, `fwht`, `quantize_pack`, `unpack_dequantize`);
+  the same size (`copy`, `fwht`, `quantize_pack`, `unpack_dequantize`, the
+  last two native on a CPU, with their XLA versions as `*_xla` rows);
   `measure_kernels` times them.
 
 `benchmarks.throughput`, `benchmarks.kernels`, the CI check
@@ -259,15 +260,25 @@ fwht = kernels.fwht
 
 
 def quantize_pack(bits: int):
-  """``(key, x) -> (words, lo, hi)``: stochastic quantization to `bits` plus bit packing."""
+  """``(key, x) -> (words, lo, hi)``: `kernels.quantize_pack` (native on a CPU for long rows)."""
+  return lambda key, x: kernels.quantize_pack(key, x, bits)
+
+
+def unpack_dequantize(bits: int, dim: int):
+  """``(words, lo, hi) -> x_hat [..., dim]``: the inverse, `kernels.unpack_dequantize`."""
+  return lambda words, lo, hi: kernels.unpack_dequantize(words, lo, hi, bits, dim)
+
+
+def quantize_pack_xla(bits: int):
+  """`quantize_pack` by XLA's kernels in turn (`kernels.quantize`, then `kernels.pack`)."""
   def fn(key, x):
     codes, lo, hi = kernels.quantize(key, x, bits)
     return kernels.pack(codes, bits), lo, hi
   return fn
 
 
-def unpack_dequantize(bits: int, dim: int):
-  """``(words, lo, hi) -> x_hat [..., dim]``: the inverse of `quantize_pack`."""
+def unpack_dequantize_xla(bits: int, dim: int):
+  """`unpack_dequantize` by XLA's kernels in turn."""
   def fn(words, lo, hi):
     return kernels.dequantize(kernels.unpack(words, bits, dim), lo, hi, bits)
   return fn
@@ -359,6 +370,13 @@ def measure_kernels(shapes, bits_list, repeats: int, seed: int = 0, say=print,
       first, sec = time_fn(jax.jit(unpack_dequantize(bits, shape[1])), *packed,
                            repeats=repeats)
       record(f"unpack_dequantize/{bits}", shape, first, sec, nbytes + _nbytes(packed), copy_s)
+      if kernels.native_quantizer(shape[1]):  # the rows above were native: XLA's beside them
+        first, sec = time_fn(jax.jit(quantize_pack_xla(bits)), key, x, repeats=repeats)
+        record(f"quantize_pack_xla/{bits}", shape, first, sec, nbytes + _nbytes(packed), copy_s)
+        first, sec = time_fn(jax.jit(unpack_dequantize_xla(bits, shape[1])), *packed,
+                             repeats=repeats)
+        record(f"unpack_dequantize_xla/{bits}", shape, first, sec, nbytes + _nbytes(packed),
+               copy_s)
       if shape[0] == 1:
         _codec_roundtrip(record, key, x[0], bits, repeats, copy_s)
   return metrics

@@ -45,10 +45,11 @@ FIGURES = {
         LOWER, 0.5, "fwht", "time of kernels.fwht over a copy (-x) of the same array"),
     f"quantize_pack_ratio_to_copy/{BITS}": Figure(
         LOWER, 0.5, "quantize_pack",
-        f"time of kernels.quantize + pack ({BITS} bits) over a copy of the input"),
+        f"time of kernels.quantize_pack ({BITS} bits; native on a CPU) over a copy of the input"),
     f"unpack_dequantize_ratio_to_copy/{BITS}": Figure(
         LOWER, 0.5, "unpack_dequantize",
-        f"time of kernels.unpack + dequantize ({BITS} bits) over a copy of the output"),
+        f"time of kernels.unpack_dequantize ({BITS} bits; native on a CPU) over a copy of the "
+        "output"),
 }
 SLOWABLE = sorted({f.subject for f in FIGURES.values()})
 
