@@ -350,7 +350,7 @@ def measure_kernels(shapes, bits_list, repeats: int, seed: int = 0, say=print,
     record("fwht", shape, first, sec, 2 * nbytes, copy_s)
     sec = time_chained(jax.jit(fwht, donate_argnums=0), x, repeats=repeats)
     record("fwht_donated", shape, sec, sec, 2 * nbytes, copy_s)
-    if jax.default_backend() == "cpu" and native.available():
+    if native.active():
       # fwht above is the native kernel; XLA's butterflies beside it
       first, sec = time_fn(jax.jit(functools.partial(fwht, impl="xla")), x, repeats=repeats)
       record("fwht_xla", shape, first, sec, 2 * nbytes, copy_s,

@@ -66,7 +66,7 @@ def kernels(k: int):
     return jnp.zeros(x.shape, bool).at[native.top_k_indices(x, k)].set(True)
 
   out = {"lax_top_k": exact}
-  if jax.default_backend() == "cpu" and native.available():
+  if native.active():
     out["native_radix"] = radix
   return {**out, "bisection": lambda x: top_k_mask_bisection(x, k), "approx_max_k": approx,
           "sampled_threshold": sampled}

@@ -325,7 +325,7 @@ NATIVE_MIN_LENGTH = 10_000
 
 def native_quantizer(n: int) -> bool:
   """Whether n-coordinate vectors take the native quantizers (a CPU, n >= NATIVE_MIN_LENGTH)."""
-  return n >= NATIVE_MIN_LENGTH and jax.default_backend() == "cpu" and native.available()
+  return n >= NATIVE_MIN_LENGTH and native.active()
 
 
 def quantize_pack(key: jax.Array, x: jax.Array, bits: int

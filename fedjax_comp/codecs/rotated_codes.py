@@ -175,8 +175,7 @@ NATIVE_MIN_LENGTH = 1 << 16
 
 def native_ok(length: int) -> bool:
   """Whether whole-bit codes of `length` rotated coordinates use the native quantizer."""
-  return (length >= NATIVE_MIN_LENGTH and jax.default_backend() == "cpu"
-          and native.available())
+  return length >= NATIVE_MIN_LENGTH and native.active()
 
 
 def check_bits(bits, codec: str) -> None:

@@ -129,7 +129,7 @@ def top_k_indices(x: jax.Array, k: int) -> jax.Array:
     slot = jnp.where(keep, jnp.cumsum(keep, dtype=jnp.int32) - 1, k)
     return jnp.zeros((k,), jnp.int32).at[slot].set(jnp.arange(v.shape[0], dtype=jnp.int32),
                                                    mode="drop")
-  if x.dtype == jnp.float32 and jax.default_backend() == "cpu" and native.available():
+  if x.dtype == jnp.float32 and native.active():
     # stop_gradient: the FFI call has no derivative rule; indices need none.
     return lax.platform_dependent(lax.stop_gradient(x),
                                   cpu=lambda v: native.top_k_indices(v, k), default=from_mask)

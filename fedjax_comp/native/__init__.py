@@ -60,7 +60,7 @@ TERNARY_UNPACK_TARGET = "fedjax_comp_ternary_unpack"
 _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
             _HERE / "quantize.cc")
-_HEADERS = (_HERE / "parallel_for.h", _HERE / "vec.h")
+_HEADERS = (_HERE / "pack.h", _HERE / "parallel_for.h", _HERE / "vec.h")
 # -ffp-contract=off: no fused multiply-adds, so products and sums round op by
 # op (the fused quantizer's codes match the XLA path's bit for bit; its decode
 # matches numpy's float32, XLA's jitted decode to an ulp).
@@ -166,6 +166,12 @@ def available() -> bool:
                     "rotated codecs and top_k use their XLA paths: %s", e)
     return False
   return True
+
+
+def active() -> bool:
+  """Whether the codecs use the native kernels here: JAX's default backend is the CPU and
+  they are built (`available()`). A GPU host keeps the XLA paths."""
+  return jax.default_backend() == "cpu" and available()
 
 
 def _call(x, pre, post, scale: float):

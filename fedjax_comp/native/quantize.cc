@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "pack.h"
 #include "parallel_for.h"
 #include "vec.h"
 
@@ -138,46 +139,6 @@ inline uint32_t Code1(const float* x, int64_t i, const Step& s, uint32_t seed) {
   return static_cast<uint32_t>(std::max(code, 0));
 }
 
-// Word columns [g0, g1) of one row's `bits`-bit codes, packed as `kernels.pack`
-// packs them: code8(i0) gives codes i0 .. i0 + 7, code1(i) code i (< n).
-template <typename Code8, typename Code1Fn>
-void PackRange(int64_t n, int64_t groups, int64_t bits, int64_t g0, int64_t g1, uint32_t* wr,
-               Code8 code8, Code1Fn code1) {
-  Field fields[4];
-  const int nfields = Fields(static_cast<int>(bits), fields);
-  int64_t g = g0;
-  // Whole runs of 8 word columns whose 32 codes all lie inside the row.
-  for (; g + 8 <= g1 && 31 * groups + g + 8 <= n; g += 8) {
-    W8 acc[8] = {};
-    for (int64_t R = 0; R < 32; ++R) {
-      const W8 code = code8(R * groups + g);
-      int row = 0;
-      for (int f = 0; f < nfields; ++f) {
-        const int w = fields[f].width, per_word = 32 / w;
-        const W8 field = (code >> fields[f].offset) & SplatW((1u << w) - 1u);
-        acc[row + R / per_word] |= field << static_cast<uint32_t>((R % per_word) * w);
-        row += w;
-      }
-    }
-    for (int64_t b = 0; b < bits; ++b) std::memcpy(wr + b * groups + g, &acc[b], sizeof(W8));
-  }
-  for (; g < g1; ++g) {  // the rest, code by code (padding codes are 0)
-    uint32_t acc[8] = {};
-    for (int64_t R = 0; R < 32; ++R) {
-      const int64_t i = R * groups + g;
-      const uint32_t code = i < n ? code1(i) : 0u;
-      int row = 0;
-      for (int f = 0; f < nfields; ++f) {
-        const int w = fields[f].width, per_word = 32 / w;
-        const uint32_t field = (code >> fields[f].offset) & ((1u << w) - 1u);
-        acc[row + R / per_word] |= field << ((R % per_word) * w);
-        row += w;
-      }
-    }
-    for (int64_t b = 0; b < bits; ++b) wr[b * groups + g] = acc[b];
-  }
-}
-
 ffi::Error QuantizePackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
                             ffi::Buffer<ffi::U32> seeds, ffi::ResultBuffer<ffi::U32> words,
                             ffi::ResultBuffer<ffi::F32> lo_out, ffi::ResultBuffer<ffi::F32> hi_out,
@@ -257,8 +218,6 @@ ffi::Error UnpackDequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> word
       static_cast<int64_t>(hi_in.element_count()) != rows)
     return ffi::Error::InvalidArgument("unpack_dequantize: words, lo or hi do not match y");
   if (rows == 0) return ffi::Error::Success();
-  Field fields[4];
-  const int nfields = Fields(static_cast<int>(bits), fields);
   const float inv = static_cast<float>(1.0 / ((1 << bits) - 1));
   const uint32_t* in = words.typed_data();
   const float* lo = lo_in.typed_data();
@@ -277,40 +236,17 @@ ffi::Error UnpackDequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> word
       std::fill(yr + i0, yr + i1, std::numeric_limits<float>::quiet_NaN());
       return;
     }
-    for (int64_t i = i0; i < i1;) {  // runs of one R: consecutive words
-      const int64_t R = i / groups, g0 = i % groups;
-      const int64_t run = std::min(i1 - i, groups - g0);
-      const uint32_t* src[4];
-      uint32_t shift[4], mask[4], off[4];
-      int row = 0;
-      for (int f = 0; f < nfields; ++f) {
-        const int w = fields[f].width, per_word = 32 / w;
-        src[f] = wr + (row + R / per_word) * groups + g0;
-        shift[f] = static_cast<uint32_t>((R % per_word) * w);
-        mask[f] = (1u << w) - 1u;
-        off[f] = static_cast<uint32_t>(fields[f].offset);
-        row += w;
-      }
-      int64_t j = 0;
-      for (; j + 8 <= run; j += 8) {
-        W8 code = W8{};
-        for (int f = 0; f < nfields; ++f) {
-          W8 wv;
-          std::memcpy(&wv, src[f] + j, sizeof(wv));
-          code |= ((wv >> shift[f]) & mask[f]) << off[f];
-        }
-        const V8 w = __builtin_convertvector(reinterpret_cast<I8>(code), V8) * Splat(inv);
-        const V8 v = (Splat(1.0f) - w) * Splat(l) + w * Splat(h);
-        std::memcpy(yr + i + j, &v, sizeof(v));
-      }
-      for (; j < run; ++j) {
-        uint32_t code = 0;
-        for (int f = 0; f < nfields; ++f) code |= ((src[f][j] >> shift[f]) & mask[f]) << off[f];
-        const float w = static_cast<float>(code) * inv;
-        yr[i + j] = (1.0f - w) * l + w * h;
-      }
-      i += run;
-    }
+    UnpackRange(
+        wr, groups, bits, i0, i1,
+        [&](int64_t i, W8 code) {
+          const V8 w = __builtin_convertvector(reinterpret_cast<I8>(code), V8) * Splat(inv);
+          const V8 v = (Splat(1.0f) - w) * Splat(l) + w * Splat(h);
+          std::memcpy(yr + i, &v, sizeof(v));
+        },
+        [&](int64_t i, uint32_t code) {
+          const float w = static_cast<float>(code) * inv;
+          yr[i] = (1.0f - w) * l + w * h;
+        });
   });
   return ffi::Error::Success();
 }
@@ -409,23 +345,14 @@ ffi::Error TernaryUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
     const uint32_t* wr = in + r * 2 * groups;
     float* yr = out + r * n;
     const float sc = scale[r];
-    for (int64_t i = i0; i < i1;) {  // runs of one R: consecutive words
-      const int64_t R = i / groups, g0 = i % groups;
-      const int64_t run = std::min(i1 - i, groups - g0);
-      const uint32_t* src = wr + (R / 16) * groups + g0;
-      const uint32_t shift = static_cast<uint32_t>((R % 16) * 2);
-      int64_t j = 0;
-      for (; j + 8 <= run; j += 8) {
-        W8 wv;
-        std::memcpy(&wv, src + j, sizeof(wv));
-        const V8 c = __builtin_convertvector(reinterpret_cast<I8>((wv >> shift) & 3u), V8);
-        const V8 v = (c - Splat(1.0f)) * Splat(sc);
-        std::memcpy(yr + i + j, &v, sizeof(v));
-      }
-      for (; j < run; ++j)
-        yr[i + j] = (static_cast<float>((src[j] >> shift) & 3u) - 1.0f) * sc;
-      i += run;
-    }
+    UnpackRange(
+        wr, groups, 2, i0, i1,
+        [&](int64_t i, W8 code) {
+          const V8 v = (__builtin_convertvector(reinterpret_cast<I8>(code), V8) - Splat(1.0f)) *
+                       Splat(sc);
+          std::memcpy(yr + i, &v, sizeof(v));
+        },
+        [&](int64_t i, uint32_t code) { yr[i] = (static_cast<float>(code) - 1.0f) * sc; });
   });
   return ffi::Error::Success();
 }

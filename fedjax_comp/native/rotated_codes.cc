@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
+#include "pack.h"
 #include "parallel_for.h"
 #include "vec.h"
 
@@ -207,14 +208,13 @@ ffi::Error QuantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
     row_scale[r] = static_cast<float>(std::sqrt(static_cast<double>(m))) / (norm > 0 ? norm : 1.0f);
   }
 
-  // Pass 2: codes (one byte each, padded to 32 * groups with zeros) and the dot products.
-  const int64_t padded = 32 * groups;
+  // Pass 2: codes (one byte each; PackRange reads none past total) and the dot products.
   // The calling thread's scratch, kept between calls: a fresh 1 MB buffer per
   // call pays its first-touch page faults every time (a third of the kernel).
   // Above kKeptScratch bytes a call allocates its own instead (not kept).
   thread_local std::vector<uint8_t> scratch;
   std::vector<uint8_t> own;
-  const size_t need = static_cast<size_t>(batch * padded);
+  const size_t need = static_cast<size_t>(batch * total);
   std::vector<uint8_t>& buf = need <= kKeptScratch ? scratch : own;
   if (buf.size() < need) buf.resize(need);
   uint8_t* const codes = buf.data();
@@ -226,7 +226,7 @@ ffi::Error QuantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
   fedjax_comp::ParallelFor(pool, rows * chunks, 2, [&](int64_t it) {
     const int64_t r = it / chunks, b = r / nb, i0 = (r % nb) * m + (it % chunks) * len;
     const float* src = in + it * len;
-    uint8_t* dst = codes + b * padded + i0;
+    uint8_t* dst = codes + b * total + i0;
     const float div = row_top[r] > 0 ? row_top[r] : 1.0f;  // NaN: the codes do not matter
     const float c = row_scale[r];
     double* u = &uq[it];
@@ -238,8 +238,6 @@ ffi::Error QuantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
       default: Codes<15>(src, len, div, c, bnd, tab, dst, u, q); break;
     }
   });
-  for (int64_t b = 0; b < batch; ++b)
-    std::memset(codes + b * padded + total, 0, padded - total);
   for (int64_t r = 0; r < rows; ++r) {
     double s_uq = 0.0, s_qq = 0.0;
     for (int64_t c = 0; c < chunks; ++c) {
@@ -254,30 +252,12 @@ ffi::Error QuantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
   }
 
   // Pass 3: pack, one item per (batch, range of word columns g).
-  Field fields[4];
-  const int nfields = Fields(static_cast<int>(code_bits), fields);
   const int64_t per_item = std::max<int64_t>(1024, kChunk / 32);
   const int64_t items_per_b = (groups + per_item - 1) / per_item;
   fedjax_comp::ParallelFor(pool, batch * items_per_b, 1, [&](int64_t it) {
     const int64_t b = it / items_per_b, g0 = (it % items_per_b) * per_item;
-    const int64_t g1 = std::min(groups, g0 + per_item);
-    const uint8_t* cb = codes + b * padded;
-    uint32_t* wb = out_words + b * code_bits * groups;
-    int row = 0;
-    for (int f = 0; f < nfields; ++f) {
-      const int w = fields[f].width, off = fields[f].offset, per_word = 32 / w;
-      const uint32_t mask = (1u << w) - 1u;
-      for (int a = 0; a < w; ++a) {
-        uint32_t* dst = wb + (row + a) * groups;
-        for (int64_t g = g0; g < g1; ++g) dst[g] = 0;
-        for (int p = 0; p < per_word; ++p) {
-          const uint8_t* src = cb + (a * per_word + p) * groups;
-          const int shift = p * w;
-          for (int64_t g = g0; g < g1; ++g) dst[g] |= ((static_cast<uint32_t>(src[g]) >> off) & mask) << shift;
-        }
-      }
-      row += w;
-    }
+    PackBytes(codes + b * total, total, groups, code_bits, g0, std::min(groups, g0 + per_item),
+              out_words + b * code_bits * groups);
   });
   return ffi::Error::Success();
 }
@@ -297,8 +277,6 @@ ffi::Error DequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
       static_cast<int64_t>(scale.element_count()) != batch * nb)
     return ffi::Error::InvalidArgument("rotated_dequantize: words or scale do not match y");
   if (batch == 0) return ffi::Error::Success();
-  Field fields[4];
-  const int nfields = Fields(static_cast<int>(code_bits), fields);
   float tab[16];
   std::copy(table.begin(), table.end(), tab);
   const int levels = static_cast<int>(table.size());
@@ -314,48 +292,28 @@ ffi::Error DequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
     const uint32_t* wb = in + b * code_bits * groups;
     float* yb = out + b * total;
     const float* sb = sc + b * nb;
-    // A run of i within one R (i = R * G + g) reads consecutive words.
-    for (int64_t i = i0; i < i1;) {
-      const int64_t R = i / groups, g0 = i % groups;
-      const int64_t run = std::min(i1 - i, groups - g0);
-      int row = 0;
-      uint32_t shift[4], mask[4], off[4];
-      const uint32_t* src[4];
-      for (int f = 0; f < nfields; ++f) {
-        const int w = fields[f].width, per_word = 32 / w;
-        src[f] = wb + (row + R / per_word) * groups + g0;
-        shift[f] = static_cast<uint32_t>((R % per_word) * w);
-        mask[f] = (1u << w) - 1u;
-        off[f] = static_cast<uint32_t>(fields[f].offset);
-        row += w;
-      }
-      for (int64_t j = 0; j < run;) {
-        // Within a run the row (block) of i may change: split at block ends.
-        const int64_t r = (i + j) / m;
-        const int64_t end = std::min(run, (r + 1) * m - i);
-        const float s = sb[r];
-        const V8 vs = Splat(s);
-        for (; j + 8 <= end; j += 8) {
-          W8 code = W8{};
-          for (int f = 0; f < nfields; ++f) {
-            W8 w;
-            std::memcpy(&w, src[f] + j, sizeof(w));
-            code |= ((w >> shift[f]) & mask[f]) << off[f];
-          }
+    // The block (row) of i, and its scale, kept until i leaves it: no
+    // division per 8 codes.
+    int64_t lo = 0, hi = 0;
+    V8 vs = Splat(0.0f);
+    UnpackRange(
+        wb, groups, code_bits, i0, i1,
+        [&](int64_t i, W8 code) {
           V8 q = vt[0];
           for (int c = 1; c < levels; ++c)
             q = Select(reinterpret_cast<I8>(code >= static_cast<uint32_t>(c)), vt[c], q);
-          const V8 out8 = q * vs;
-          std::memcpy(yb + i + j, &out8, sizeof(out8));
-        }
-        for (; j < end; ++j) {
-          uint32_t code = 0;
-          for (int f = 0; f < nfields; ++f) code |= ((src[f][j] >> shift[f]) & mask[f]) << off[f];
-          yb[i + j] = tab[code] * s;
-        }
-      }
-      i += run;
-    }
+          if (i < lo || i >= hi) {
+            lo = i / m * m;
+            hi = lo + m;
+            vs = Splat(sb[lo / m]);
+          }
+          V8 s = vs;
+          if (i + 8 > hi)  // a block ends among the 8 codes (m < 8, or unaligned)
+            for (int k = 0; k < 8; ++k) s[k] = sb[(i + k) / m];
+          const V8 out8 = q * s;
+          std::memcpy(yb + i, &out8, sizeof(out8));
+        },
+        [&](int64_t i, uint32_t code) { yb[i] = tab[code] * sb[i / m]; });
   });
   return ffi::Error::Success();
 }
