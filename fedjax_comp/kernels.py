@@ -161,8 +161,83 @@ def row_dot(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.einsum("...i,...i->...", a, b, precision=lax.Precision.HIGHEST)[..., None]
 
 
+def native_random_bits(key: jax.Array) -> bool:
+  """Whether `random_bits` of `key` takes the native kernel: a CPU, a threefry2x32 key, and
+  JAX's ``jax_threefry_partitionable`` counters (its default), whose bits the kernel equals."""
+  return (jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.shape == ()
+          and str(jax.random.key_impl(key)) == "threefry2x32"
+          and jax.config.jax_threefry_partitionable and native.active())
+
+
+def random_bits(key: jax.Array, n: int) -> jax.Array:
+  """uint32 ``[n]``, equal to ``jax.random.bits(key, (n,), jnp.uint32)`` bit for bit.
+
+  On a CPU, for a threefry2x32 key, the native kernel computes them
+  (`native.threefry_bits`; `native_random_bits` says when); elsewhere JAX.
+  """
+  def xla(k):
+    return jax.random.bits(k, (n,), jnp.uint32)
+
+  if n == 0 or not native_random_bits(key):
+    return xla(key)
+  return lax.platform_dependent(
+      key, cpu=lambda k: native.threefry_bits(jax.random.key_data(k), n), default=xla)
+
+
+# From this many float32 elements on, `all_finite` takes the native kernel on
+# a CPU (see `all_finite`; docs/performance.md, "Random bits and finiteness").
+NATIVE_FINITE_MIN = 2**14
+# From this many outputs on, `scatter_ascending` takes the native kernel on a CPU.
+NATIVE_SCATTER_MIN = 2**14
+
+
+def all_finite(x: jax.Array) -> jax.Array:
+  """bool ``[]``: whether `x` holds no NaN and no Inf, ``jnp.all(jnp.isfinite(x))``.
+
+  XLA:CPU reduces that on one thread at about 9 GB/s when nothing else
+  reads x in the same fusion; on a CPU, for float32 from
+  `NATIVE_FINITE_MIN` elements, `native.all_finite` tests the exponent
+  fields on 8-lane vectors over XLA's pool (3x faster for 2^20 floats).
+  """
+  x = jnp.asarray(x)
+  if not (x.dtype == jnp.float32 and x.size >= NATIVE_FINITE_MIN and native.active()):
+    return jnp.all(jnp.isfinite(x))
+  return lax.platform_dependent(x.reshape(-1), cpu=native.all_finite,
+                                default=lambda v: jnp.all(jnp.isfinite(v)))
+
+
+def scatter_ascending(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
+  """``jnp.zeros((n,), values.dtype).at[index].set(values)`` for `index` strictly ascending in
+  [0, n).
+
+  The decoders' scatter of kept values (rand_k, subsample, random_mask,
+  top_k). On a CPU, for float32 from `NATIVE_SCATTER_MIN` outputs, the native
+  kernel (`native.scatter_ascending`) writes each range of the output once,
+  in parallel, where XLA:CPU zero-fills it and then scatters on one thread;
+  the result is the same. The caller guarantees the order (stratified
+  draws and top-k's indices are ascending); the kernel refuses a row that
+  is not.
+  """
+  def xla(i, v):
+    return jnp.zeros((n,), v.dtype).at[i].set(v)
+
+  if index.ndim != 1 or values.dtype != jnp.float32 or n < NATIVE_SCATTER_MIN or (
+      not native.active()):
+    return xla(index, values)
+  return lax.platform_dependent(index.astype(jnp.int32), values,
+                                cpu=lambda i, v: native.scatter_ascending(i, v, n), default=xla)
+
+
 def rademacher_words(key: jax.Array, n: int) -> jax.Array:
-  """n independent signs packed as uint32 ``[ceil(n / 32)]``: bit j of word j // 32 set means -1."""
+  """n independent signs packed as uint32 ``[ceil(n / 32)]``: bit j of word j // 32 set means -1.
+
+  ``jax.random.bits``, not the native `random_bits`: the rotations read
+  these words, and in a jitted encode + decode XLA:CPU runs its own draw
+  beside the update's copy on its second thread, so the native draw, 4-5x
+  faster alone, left DRIVE and EDEN at 0.95-1.05x on one 2^20 vector and
+  made 10 x 65,536 cohorts 1.07-1.2x slower (`scripts/ab_draws_scatter.py`;
+  docs/performance.md, "Random bits and finiteness").
+  """
   return jax.random.bits(key, (-(-n // 32),), jnp.uint32)
 
 
@@ -173,9 +248,10 @@ def signs_from_words(words: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
 
 
 def rademacher(key: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
-  """Independent +-1 signs, one bit of a threefry draw each (`rademacher_words`, unpacked)."""
+  """Independent +-1 signs, one bit of a threefry draw each (`rademacher_words`' bits, unpacked;
+  drawn by `random_bits`)."""
   n = math.prod(shape)
-  return signs_from_words(rademacher_words(key, n), n, dtype).reshape(shape)
+  return signs_from_words(random_bits(key, -(-n // 32)), n, dtype).reshape(shape)
 
 
 def rotate(key: jax.Array, x: jax.Array, block: int | None = None) -> jax.Array:
@@ -427,10 +503,18 @@ def stratified_indices(key: jax.Array, n: int, k: int) -> tuple[jax.Array, jax.A
   """
   if not 1 <= k <= n:
     raise ValueError(f"need 1 <= k <= n, got k={k}, n={n}")
-  size, extra = divmod(n, k)  # the first `extra` strata hold size + 1
-  j = jnp.arange(k, dtype=jnp.int32)
-  start = j * size + jnp.minimum(j, extra)
-  sizes = jnp.where(j < extra, size + 1, size)
-  u = (jax.random.bits(key, (k,), jnp.uint32) >> 8).astype(jnp.float32) * (2.0**-24)
-  offset = jnp.minimum((u * sizes).astype(jnp.int32), sizes - 1)
-  return start + offset, sizes.astype(jnp.float32)
+
+  def xla(key):
+    size, extra = divmod(n, k)  # the first `extra` strata hold size + 1
+    j = jnp.arange(k, dtype=jnp.int32)
+    start = j * size + jnp.minimum(j, extra)
+    sizes = jnp.where(j < extra, size + 1, size) if extra else jnp.full((k,), size, jnp.int32)
+    u = (jax.random.bits(key, (k,), jnp.uint32) >> 8).astype(jnp.float32) * (2.0**-24)
+    offset = jnp.minimum((u * sizes).astype(jnp.int32), sizes - 1)
+    return start + offset, sizes.astype(jnp.float32)
+
+  if not native_random_bits(key):
+    return xla(key)
+  # The same draws and arithmetic in one native pass (`native.stratified_indices`).
+  return lax.platform_dependent(
+      key, cpu=lambda kk: native.stratified_indices(jax.random.key_data(kk), n, k), default=xla)

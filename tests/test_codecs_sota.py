@@ -260,6 +260,44 @@ def test_native_and_xla_ternary_and_quantize_codecs_agree(spec, monkeypatch):
   assert np.all(np.isnan(np.asarray(native_y)[1]))
 
 
+@needs_native
+@pytest.mark.parametrize("spec", ["rand_k(p=0.01)", "subsample(p=0.3)", "top_k(p=0.02)",
+                                  "eden(bits=0.5)", "random_mask(p=0.25)"])
+def test_native_draws_finiteness_and_scatter_leave_codecs_bit_identical(spec, monkeypatch):
+  # The native stratified draws, finiteness test and ascending scatter
+  # (kernels.stratified_indices / all_finite / scatter_ascending) against
+  # their XLA paths, in whole codecs above the native thresholds: the same
+  # payloads and decodes bit for bit, and a NaN row still poisoned.
+  codec = C.parse(spec)
+  n = 2 * K.NATIVE_SCATTER_MIN + 77
+  x = np.array(jax.random.normal(jax.random.key(15), (3, n)))
+  x[1, n - 1] = np.nan
+  keys = jax.random.split(jax.random.key(16), 3)
+  structured = codec.structure is not None
+
+  def round_trip():
+    if structured:  # random_mask: the server expands the trained values at their positions
+      def expand(k, v):
+        z = codec.structure.init(k, v)
+        return codec.structure.expand(k, z.replace(values=v[:z.values.shape[0]]))
+      return None, jax.jit(jax.vmap(expand))(keys, jnp.asarray(x))
+    return jax.jit(jax.vmap(lambda k, v: (lambda p: (p, codec.decode(k, p)))(
+        codec.encode(k, v, codec.init(v))[0])))(keys, jnp.asarray(x))
+
+  native_payload, native_y = round_trip()
+  monkeypatch.setattr(K, "native_random_bits", lambda key: False)
+  monkeypatch.setattr(K, "NATIVE_FINITE_MIN", float("inf"))
+  monkeypatch.setattr(K, "NATIVE_SCATTER_MIN", float("inf"))
+  xla_payload, xla_y = round_trip()
+  for a, b in zip(jax.tree.leaves(native_payload), jax.tree.leaves(xla_payload)):
+    np.testing.assert_array_equal(np.asarray(a).view(np.uint32), np.asarray(b).view(np.uint32))
+  np.testing.assert_array_equal(np.asarray(native_y).view(np.uint32),
+                                np.asarray(xla_y).view(np.uint32))
+  if not structured:  # every sent value of the NaN row is NaN (the rest of a sparse decode is 0)
+    assert np.any(np.isnan(np.asarray(native_y)[1]))
+    assert not np.any(np.isnan(np.asarray(native_y)[[0, 2]]))
+
+
 @pytest.mark.parametrize("n,k", [(16, 8), (4096, 1024), (64, 8), (1000, 300), (64, 4), (7, 7)])
 def test_kept_coordinates_are_the_gather_exactly(n, k):
   # Equal strata of <= 8 take the select path, the rest the gather.

@@ -392,3 +392,85 @@ def test_xla_quantizer_divides_by_multiplying_by_the_reciprocal():
       np.float32(1.0) / denom) * np.float32(15.0)
   if jax.default_backend() == "cpu":
     np.testing.assert_array_equal(t, ref)
+
+
+needs_native = pytest.mark.skipif(not native.available(),
+                                  reason="the native kernels did not build (no C++ compiler?)")
+
+
+@needs_native
+def test_native_random_bits_are_jax_threefry_bits_bit_for_bit():
+  # threefry.cc against jax.random.bits: vector body, scalar tail, a chunk
+  # boundary (2^14 words), keys from split and fold_in, and under vmap.
+  keys = [jax.random.key(0), jax.random.key(2**32 - 1), jax.random.fold_in(jax.random.key(7), 3)]
+  for key in keys:
+    assert K.native_random_bits(key)
+    for n in (1, 7, 15, 16, 17, 1000, 2**14 + 9):
+      got = jax.jit(lambda k, n=n: K.random_bits(k, n))(key)
+      np.testing.assert_array_equal(got, jax.random.bits(key, (n,), jnp.uint32))
+  batch = jax.random.split(jax.random.key(5), 6)
+  got = jax.jit(jax.vmap(lambda k: K.random_bits(k, 333)))(batch)
+  np.testing.assert_array_equal(got, jax.vmap(lambda k: jax.random.bits(k, (333,), jnp.uint32))(batch))
+  # Signs unpacked from the native words are the XLA path's signs.
+  np.testing.assert_array_equal(K.rademacher(keys[0], (3, 77)), K.signs_from_words(
+      jax.random.bits(keys[0], (-(-231 // 32),), jnp.uint32), 231).reshape(3, 77))
+
+
+def test_random_bits_keeps_jax_for_keys_and_counters_the_kernel_does_not_reproduce():
+  rbg = jax.random.key(3, impl="rbg")
+  assert not K.native_random_bits(rbg)
+  np.testing.assert_array_equal(K.random_bits(rbg, 50), jax.random.bits(rbg, (50,), jnp.uint32))
+  with jax.threefry_partitionable(False):  # other counters: JAX's own draw
+    key = jax.random.key(3)
+    assert not K.native_random_bits(key)
+    np.testing.assert_array_equal(K.random_bits(key, 50), jax.random.bits(key, (50,), jnp.uint32))
+
+
+@needs_native
+def test_native_stratified_indices_equal_the_xla_arithmetic(monkeypatch):
+  # Divisible and ragged strata, k = 1, strata longer than 2^24 (u * size
+  # rounds in float32) and the largest n, on one key and under vmap.
+  cases = [(10, 3), (2**20, 2**15), (1000003, 4099), (15210, 476), (2**31 - 1, 1), (2**31 - 1, 3),
+           (5 * 2**24 + 3, 17)]
+  keys = jax.random.split(jax.random.key(11), 4)
+  native_out = {c: jax.jit(jax.vmap(lambda k, c=c: K.stratified_indices(k, *c)))(keys)
+                for c in cases}
+  monkeypatch.setattr(K, "native_random_bits", lambda key: False)
+  for c in cases:
+    want = jax.jit(jax.vmap(lambda k, c=c: K.stratified_indices(k, *c)))(keys)
+    for got, ref in zip(native_out[c], want):
+      np.testing.assert_array_equal(got, ref, err_msg=str(c))
+
+
+@needs_native
+def test_native_all_finite_finds_every_nan_and_inf():
+  n = 2**17 + 13  # two work items and a scalar tail
+  base = np.random.default_rng(0).standard_normal(n).astype(np.float32)
+  base[:4] = [np.finfo(np.float32).max, -np.finfo(np.float32).max, 1e-45, -0.0]
+  assert bool(K.all_finite(jnp.asarray(base)))
+  for bad in (np.nan, np.inf, -np.inf, np.float32(np.nan) * -1):
+    for pos in (0, 31, 2**16 - 1, 2**16, n - 9, n - 1):
+      x = base.copy()
+      x[pos] = bad
+      assert not bool(jax.jit(K.all_finite)(jnp.asarray(x))), (bad, pos)
+  rows = np.tile(base[:40000], (3, 1))
+  rows[1, 39999] = np.inf
+  np.testing.assert_array_equal(jax.vmap(native.all_finite)(jnp.asarray(rows)), [True, False, True])
+  np.testing.assert_array_equal(native.all_finite(jnp.zeros((2, 0))), [True, True])
+
+
+@needs_native
+def test_native_scatter_ascending_is_xla_scatter():
+  # scatter.cc against zeros(n).at[idx].set(v): ranges with no index, an
+  # index on a work-item boundary (2^16), indices from n on dropped, vmap.
+  n = 2**17 + 5
+  idx = jnp.array([[0, 1, 2**16 - 1, 2**16, n - 1, n, n + 7],
+                   [3, 70000, 70001, 100000, n + 1, n + 2, n + 3]], jnp.int32)
+  vals = jnp.arange(1, 15, dtype=jnp.float32).reshape(2, 7) * jnp.array([1, -1] * 3 + [1.0])
+  vals = vals.at[0, 2].set(-0.0).at[1, 1].set(jnp.nan)
+  got = jax.jit(jax.vmap(lambda i, v: K.scatter_ascending(i, v, n)))(idx, vals)
+  want = jax.vmap(lambda i, v: jnp.zeros((n,), jnp.float32).at[i].set(v))(idx, vals)
+  np.testing.assert_array_equal(np.asarray(got).view(np.uint32), np.asarray(want).view(np.uint32))
+  with pytest.raises(Exception, match="strictly ascending"):
+    jax.block_until_ready(native.scatter_ascending(jnp.array([5, 5], jnp.int32),
+                                                   jnp.ones(2, jnp.float32), n))

@@ -22,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from fedjax_comp import kernels
 from fedjax_comp.models import Params
 
 Payload = Any  # a pytree of arrays (flax structs with static metadata)
@@ -185,10 +186,10 @@ def unflatten_update(vec: jax.Array, meta: FlatMeta) -> Any:
 def all_finite(tree: Any) -> jax.Array:
   """bool []: every leaf of `tree` is free of NaN and Inf (True for an empty tree)."""
   leaves = jax.tree.leaves(tree)
-  return jnp.all(jnp.array([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else (
+  return jnp.all(jnp.array([kernels.all_finite(x) for x in leaves])) if leaves else (
       jnp.bool_(True))
 
 
 def poison_unless_finite(values: jax.Array, x: jax.Array) -> jax.Array:
   """`values`, or all NaN if `x` holds a NaN or Inf (so a non-finite update never decodes finite)."""
-  return jnp.where(jnp.all(jnp.isfinite(x)), values, jnp.nan).astype(values.dtype)
+  return jnp.where(kernels.all_finite(x), values, jnp.nan).astype(values.dtype)

@@ -213,7 +213,7 @@ def top_k(p: float = 0.01, k: int = 0) -> Codec:
       vec = jnp.where(keep, s.values[jnp.clip(slot, 0, s.k - 1)], 0.0)
     else:
       idx = unpack_fields(s.index, index_width(d), s.k).astype(jnp.int32)
-      vec = jnp.zeros((d,), jnp.float32).at[idx].set(s.values)
+      vec = kernels.scatter_ascending(idx, s.values, d)  # the encoder's indices ascend
     return unflatten_update(vec, s.meta)
 
   return Codec(init=lambda x: (), encode=encode, decode=decode)
@@ -241,10 +241,11 @@ def rand_k(p: float = 0.01, k: int = 0) -> Codec:
 
   def decode(key, r):
     d = r.meta.size
-    vec = jnp.zeros((d,), jnp.float32)
     if r.values.shape[0]:
       idx, sizes = kernels.stratified_indices(key, d, r.values.shape[0])
-      vec = vec.at[idx].set(r.values * sizes)
+      vec = kernels.scatter_ascending(idx, r.values * sizes, d)
+    else:
+      vec = jnp.zeros((d,), jnp.float32)
     return unflatten_update(vec, r.meta)
 
   return Codec(init=lambda x: (), encode=encode, decode=decode)

@@ -185,7 +185,7 @@ def random_mask(p: float = 0.25) -> Codec:
     if k == 0:
       return jnp.zeros(z.shape, jnp.dtype(z.dtype))
     idx, _ = kernels.stratified_indices(key, n, k)
-    return jnp.zeros((n,), z.values.dtype).at[idx].set(z.values).reshape(z.shape).astype(
+    return kernels.scatter_ascending(idx, z.values, n).reshape(z.shape).astype(
         jnp.dtype(z.dtype))
 
   return _structured_codec("random_mask", init_leaf, expand_leaf)

@@ -75,7 +75,7 @@ def subsample(p: float = 0.25) -> Codec:
       return Subsampled(values=flat, shape=tuple(x.shape), dtype=jnp.dtype(x.dtype).name)
     idx, _ = kernels.stratified_indices(key, n, k)
     # A NaN/Inf anywhere poisons the kept values (it must not vanish unseen).
-    values = jnp.where(jnp.all(jnp.isfinite(flat)), flat[idx], jnp.nan)
+    values = jnp.where(kernels.all_finite(flat), flat[idx], jnp.nan)
     return Subsampled(values=values.astype(x.dtype), shape=tuple(x.shape),
                       dtype=jnp.dtype(x.dtype).name)
 
@@ -86,7 +86,6 @@ def subsample(p: float = 0.25) -> Codec:
       return jnp.zeros(s.shape, jnp.dtype(s.dtype))
     idx, sizes = kernels.stratified_indices(key, n, k)
     vals = s.values.astype(jnp.float32) * sizes
-    return jnp.zeros((n,), jnp.float32).at[idx].set(vals).astype(jnp.dtype(s.dtype)).reshape(
-        s.shape)
+    return kernels.scatter_ascending(idx, vals, n).astype(jnp.dtype(s.dtype)).reshape(s.shape)
 
   return per_leaf(encode_leaf, decode_leaf, Subsampled, name="subsample")

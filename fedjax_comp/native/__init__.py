@@ -1,6 +1,6 @@
 """Native CPU kernels, compiled on first use and called through XLA's FFI.
 
-Four native kernels today, each used on the CPU for float32 when `available()`, the
+Native kernels, each used on the CPU for float32 when `available()`, the
 XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 
 - the fast Walsh-Hadamard transform (`fwht.cc`), which makes two passes over
@@ -14,7 +14,17 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 - the stochastic min-max quantizer fused with bit packing, and its inverse
   (`quantize.cc`, `quantize_pack` and `unpack_dequantize`), and TernGrad's
   the same way (`ternary_pack`, `ternary_unpack`): two passes where XLA:CPU
-  materializes the codes and then packs them.
+  materializes the codes and then packs them;
+- ``jax.random.bits`` of a threefry2x32 key (`threefry.cc`, `threefry_bits`),
+  bit for bit, on 8-lane vectors where XLA:CPU's cipher runs one word at a
+  time, and `kernels.stratified_indices` from the same words
+  (`stratified_indices`: the random strata of rand_k, subsample,
+  random_mask and EDEN's fractional bits);
+- whether a row is free of NaN and Inf (`finite.cc`, `all_finite`), where
+  XLA:CPU reduces on one thread;
+- ``zeros(n).at[idx].set(values)`` for ascending indices (`scatter.cc`,
+  `scatter_ascending`): each output range written once, in parallel, where
+  XLA:CPU zero-fills and then scatters on one thread.
 
 Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
@@ -57,9 +67,14 @@ QUANTIZE_PACK_TARGET = "fedjax_comp_quantize_pack"
 UNPACK_DEQUANTIZE_TARGET = "fedjax_comp_unpack_dequantize"
 TERNARY_PACK_TARGET = "fedjax_comp_ternary_pack"
 TERNARY_UNPACK_TARGET = "fedjax_comp_ternary_unpack"
+THREEFRY_TARGET = "fedjax_comp_threefry_bits"
+STRATIFIED_TARGET = "fedjax_comp_stratified"
+ALL_FINITE_TARGET = "fedjax_comp_all_finite"
+SCATTER_TARGET = "fedjax_comp_scatter_ascending"
 _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
-            _HERE / "quantize.cc")
+            _HERE / "quantize.cc", _HERE / "threefry.cc", _HERE / "finite.cc",
+            _HERE / "scatter.cc")
 _HEADERS = (_HERE / "pack.h", _HERE / "parallel_for.h", _HERE / "vec.h")
 # -ffp-contract=off: no fused multiply-adds, so products and sums round op by
 # op (the fused quantizer's codes match the XLA path's bit for bit; its decode
@@ -159,7 +174,11 @@ def available() -> bool:
                            (QUANTIZE_PACK_TARGET, lib.FedjaxCompQuantizePack),
                            (UNPACK_DEQUANTIZE_TARGET, lib.FedjaxCompUnpackDequantize),
                            (TERNARY_PACK_TARGET, lib.FedjaxCompTernaryPack),
-                           (TERNARY_UNPACK_TARGET, lib.FedjaxCompTernaryUnpack)):
+                           (TERNARY_UNPACK_TARGET, lib.FedjaxCompTernaryUnpack),
+                           (THREEFRY_TARGET, lib.FedjaxCompThreefryBits),
+                           (STRATIFIED_TARGET, lib.FedjaxCompStratified),
+                           (ALL_FINITE_TARGET, lib.FedjaxCompAllFinite),
+                           (SCATTER_TARGET, lib.FedjaxCompScatterAscending)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
@@ -320,3 +339,51 @@ def ternary_unpack(words: jax.Array, scale: jax.Array, n: int) -> jax.Array:
                           jax.ShapeDtypeStruct(scale.shape + (n,), jnp.float32),
                           vmap_method="broadcast_all")
   return call(words, scale)
+
+
+def threefry_bits(key_data: jax.Array, n: int) -> jax.Array:
+  """uint32 ``[..., n]``: ``jax.random.bits(key, (n,), jnp.uint32)`` per key (threefry.cc).
+
+  key_data: uint32 ``[..., 2]``, the `jax.random.key_data` of threefry2x32
+  keys. Equal to JAX's bits bit for bit when ``jax_threefry_partitionable``
+  is on (JAX's default); `kernels.random_bits` checks that. Call only where
+  `available()` is true, on a CPU.
+  """
+  call = jax.ffi.ffi_call(THREEFRY_TARGET,
+                          jax.ShapeDtypeStruct(key_data.shape[:-1] + (n,), jnp.uint32),
+                          vmap_method="broadcast_all")
+  return call(key_data)
+
+
+def stratified_indices(key_data: jax.Array, n: int, k: int) -> tuple[jax.Array, jax.Array]:
+  """`kernels.stratified_indices` per threefry2x32 key (``[..., 2]``), bit for bit (threefry.cc).
+
+  Returns ``(int32 [..., k], float32 [..., k])``; 1 <= k <= n < 2^31.
+  """
+  batch = key_data.shape[:-1]
+  call = jax.ffi.ffi_call(STRATIFIED_TARGET,
+                          (jax.ShapeDtypeStruct(batch + (k,), jnp.int32),
+                           jax.ShapeDtypeStruct(batch + (k,), jnp.float32)),
+                          vmap_method="broadcast_all")
+  return call(key_data, n=np.int64(n))
+
+
+def all_finite(x: jax.Array) -> jax.Array:
+  """bool ``[...]``: whether each row of float32 ``x [..., n]`` is free of NaN and Inf (finite.cc)."""
+  call = jax.ffi.ffi_call(ALL_FINITE_TARGET, jax.ShapeDtypeStruct(x.shape[:-1], jnp.bool_),
+                          vmap_method="broadcast_all")
+  return call(x)
+
+
+def scatter_ascending(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
+  """float32 ``[..., n]``: ``zeros(n).at[index].set(values)`` per row (scatter.cc).
+
+  index: int32 ``[..., k]`` in [0, n), strictly ascending in each row (an
+  unordered row is an error at run time; an index from n on is dropped,
+  as XLA drops it, and a negative one too, where ``.at[]`` would wrap it);
+  values: float32 ``[..., k]``.
+  """
+  call = jax.ffi.ffi_call(SCATTER_TARGET,
+                          jax.ShapeDtypeStruct(index.shape[:-1] + (n,), jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(index, values)

@@ -1,0 +1,78 @@
+// ``zeros(n).at[idx].set(values)`` for ascending, distinct indices, as an XLA
+// FFI kernel for the CPU (`kernels.scatter_ascending`): the decoders of
+// rand_k, subsample, random_mask and top_k.
+//
+// XLA:CPU zero-fills the fresh output, then scatters element by element on
+// one thread (0.22-0.33 ms for 32,768 values into 2^20 floats). Here each
+// work item owns a range of the output: it finds its first index by binary
+// search, then writes the range once, zeros and values together, so the
+// output is touched once, by the threads that share the pool.
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <cstring>
+
+#include "xla/ffi/api/ffi.h"
+#include "parallel_for.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int64_t kChunk = 1 << 16;  // output floats per work item
+
+ffi::Error ScatterAscendingImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> index,
+                                ffi::Buffer<ffi::F32> values, ffi::ResultBuffer<ffi::F32> out) {
+  auto dims = out->dimensions();
+  auto idims = index.dimensions();
+  if (dims.size() == 0 || idims.size() == 0)
+    return ffi::Error::InvalidArgument("scatter_ascending: out and index need [..., n], [..., k]");
+  const int64_t n = dims.back(), k = idims.back();
+  if (n == 0) return ffi::Error::Success();
+  const int64_t rows = static_cast<int64_t>(out->element_count()) / n;
+  if (static_cast<int64_t>(index.element_count()) != rows * k ||
+      static_cast<int64_t>(values.element_count()) != rows * k)
+    return ffi::Error::InvalidArgument("scatter_ascending: index and values must be [..., k]");
+  const int32_t* idx_in = index.typed_data();
+  const float* val_in = values.typed_data();
+  float* y = out->typed_data();
+  std::atomic<bool> unordered{false};
+  const int64_t items_per_row = (n + kChunk - 1) / kChunk;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 2, [&](int64_t it) {
+    const int64_t r = it / items_per_row, i0 = (it % items_per_row) * kChunk;
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    const int32_t* idx = idx_in + r * k;
+    const float* val = val_in + r * k;
+    float* yr = y + r * n;
+    // The first index at or past i0 (indices below 0 or from n on are
+    // dropped, as XLA's scatter drops them).
+    int64_t j = std::lower_bound(idx, idx + k, i0, [](int32_t a, int64_t b) { return a < b; }) - idx;
+    int64_t at = i0;
+    int64_t last = i0 - 1;
+    for (; j < k && idx[j] < i1; ++j) {
+      const int64_t i = idx[j];
+      if (i <= last) {  // not strictly ascending: refuse rather than guess
+        unordered.store(true, std::memory_order_relaxed);
+        break;
+      }
+      std::memset(yr + at, 0, (i - at) * sizeof(float));
+      yr[i] = val[j];
+      at = i + 1;
+      last = i;
+    }
+    std::memset(yr + at, 0, (i1 - at) * sizeof(float));
+  });
+  if (unordered.load())
+    return ffi::Error::InvalidArgument("scatter_ascending: the indices of a row must be strictly ascending");
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompScatterAscending, ScatterAscendingImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::S32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());

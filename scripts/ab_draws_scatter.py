@@ -1,0 +1,96 @@
+#!/usr/bin/env python
+r"""Paired A/B of the native random draws, finiteness test and scatter against XLA's, in codecs.
+
+::
+
+  .venv/bin/python scripts/ab_draws_scatter.py
+  .venv/bin/python scripts/ab_draws_scatter.py --codecs='drive;rand_k(p=1/32)' --shapes=1x1048576
+
+For each codec and each ``CLIENTS x N`` shape, every client's update is
+encoded, decoded and summed (a ones-row product) in one jitted vmap, once
+with `kernels.random_bits`, `kernels.stratified_indices`,
+`kernels.all_finite` and `kernels.scatter_ascending` on their native path
+(`native.threefry_bits`, `native.stratified_indices`, `native.all_finite`,
+`native.scatter_ascending`) and once on XLA's (``jax.random.bits`` and its
+arithmetic, ``jnp.all(jnp.isfinite(x))``, ``zeros(n).at[idx].set(v)``);
+the two are timed alternately (`benchmarks._timing.Pair`) and the median
+of their per-pair quotients printed. The other native kernels (the FWHT,
+the quantizers) serve both sides. Both sides compute the same result bit
+for bit, which the script checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks._timing import Pair  # noqa: E402
+from fedjax_comp import codecs, kernels, native  # noqa: E402
+
+DEFAULT_CODECS = "eden(bits=0.5);rand_k(p=1/32);subsample(p=0.25);sign;top_k(p=1/32)"
+
+
+def jit_with(fn, use_native: bool, *example):
+  """`fn` jitted (a fresh function, traced now) with the native draws, finiteness test and
+  scatter on or off; returns it and its output. The keys are arguments: a key closed over is a
+  constant, and XLA would fold its draws at compile time."""
+  real = kernels.native_random_bits, kernels.NATIVE_FINITE_MIN, kernels.NATIVE_SCATTER_MIN
+  if not use_native:
+    kernels.native_random_bits = lambda key: False
+    kernels.NATIVE_FINITE_MIN = kernels.NATIVE_SCATTER_MIN = float("inf")
+  try:
+    jitted = jax.jit(lambda *a: fn(*a))
+    out = jax.block_until_ready(jitted(*example))
+  finally:
+    (kernels.native_random_bits, kernels.NATIVE_FINITE_MIN,
+     kernels.NATIVE_SCATTER_MIN) = real
+  return jitted, out
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--codecs", default=DEFAULT_CODECS, help="';'-separated codec specs")
+  parser.add_argument("--shapes", default="1x1048576,10x65536,10x15210")
+  parser.add_argument("--repeats", type=int, default=9)
+  args = parser.parse_args(argv)
+  if not native.available():
+    print("the native kernels are not built: nothing to compare")
+    return 1
+  shapes = []
+  for text in args.shapes.split(","):
+    clients, n = (int(v) for v in text.lower().split("x"))
+    if clients < 1 or n < 1:
+      parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
+    shapes.append((clients, n))
+  for spec in args.codecs.split(";"):
+    codec = codecs.parse(spec)
+    for clients, n in shapes:
+      x = jax.random.normal(jax.random.key(0), (clients, n))
+      keys = jax.random.split(jax.random.key(1), clients)
+
+      def cohort(xs, keys, c=codec):
+        ys = jax.vmap(lambda k, v: c.decode(k, c.encode(k, v, c.init(v))[0]))(keys, xs)
+        return jnp.ones((1, ys.shape[0])) @ ys
+
+      fast, out_fast = jit_with(cohort, True, x, keys)
+      slow, out_slow = jit_with(cohort, False, x, keys)
+      same = np.array_equal(np.asarray(out_fast), np.asarray(out_slow))
+      pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
+      ratio = pair.ratio()
+      print(f"{spec} {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
+            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}, "
+            f"{'identical' if same else 'DIFFERENT'}", flush=True)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
