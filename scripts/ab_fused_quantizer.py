@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-r"""Paired A/B of the fused quantizers: `quantize` and `terngrad`, native kernels against XLA's.
+r"""Paired A/B of the fused quantizers: `quantize`, `terngrad` and `qsgd`, native against XLA's.
 
 ::
 
@@ -7,14 +7,19 @@ r"""Paired A/B of the fused quantizers: `quantize` and `terngrad`, native kernel
   .venv/bin/python scripts/ab_fused_quantizer.py --bits=1,8 --shapes=10x65536,4x262144
 
 For each ``quantize(bits=b)``, ``terngrad`` (unless
-``--no_terngrad``) and each ``CLIENTS x N`` shape, every client's
-update is encoded, decoded and summed (a ones-row product) in one jitted
-vmap, once with the native quantizers (`kernels.quantize_pack` /
-`kernels.unpack_dequantize`, `native.ternary_pack` / `ternary_unpack`) on
-their native path (`fedjax_comp.native`, forced at every length) and once
-on XLA's (quantize + pack, unpack + dequantize); the two are timed
-alternately (`benchmarks._timing.Pair`) and the median of their per-pair
-quotients printed. Both sides compute the same codes bit for bit.
+``--no_terngrad``), each ``--qsgd`` spec and each ``CLIENTS x N`` shape,
+every client's update is encoded, decoded and summed (a ones-row product)
+in one jitted vmap, once with the native quantizers
+(`kernels.quantize_pack` / `kernels.unpack_dequantize`,
+`native.ternary_pack` / `ternary_unpack`, `native.qsgd_pack` /
+`qsgd_unpack`) on their native path (`fedjax_comp.native`, forced at every
+length) and once on XLA's (quantize + pack, unpack + dequantize); the two
+are timed alternately (`benchmarks._timing.Pair`) and the median of their
+per-pair quotients printed. The keys are arguments of the jitted function
+(closed over, they would be constants whose draws XLA folds at compile
+time). Both sides compute the same codes bit for bit, QSGD's but where a
+code's t lands within float32 rounding of its dither (its norms are double
+sums natively); the printed max |difference| of the two sums says how far.
 """
 
 from __future__ import annotations
@@ -31,19 +36,24 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from benchmarks._timing import Pair  # noqa: E402
+import numpy as np  # noqa: E402
+
 from fedjax_comp import codecs, kernels, native  # noqa: E402
+from fedjax_comp.codecs import norm_levels  # noqa: E402
 
 
-def jit_with(fn, use_native: bool, example):
-  """`fn` jitted (a fresh function, traced now) with the native quantizer on or off."""
-  real = kernels.native_quantizer
+def jit_with(fn, use_native: bool, *example):
+  """`fn` jitted (a fresh function, traced now) with the native quantizers on or off; returns it
+  and its output."""
+  real = kernels.native_quantizer, norm_levels.NATIVE_MIN_LENGTH
   kernels.native_quantizer = (lambda n: native.available()) if use_native else (lambda n: False)
+  norm_levels.NATIVE_MIN_LENGTH = 1 if use_native else float("inf")
   try:
-    jitted = jax.jit(lambda v: fn(v))
-    jax.block_until_ready(jitted(example))
+    jitted = jax.jit(lambda *a: fn(*a))
+    out = jax.block_until_ready(jitted(*example))
   finally:
-    kernels.native_quantizer = real
-  return jitted
+    kernels.native_quantizer, norm_levels.NATIVE_MIN_LENGTH = real
+  return jitted, out
 
 
 def main(argv=None) -> int:
@@ -52,6 +62,8 @@ def main(argv=None) -> int:
   parser.add_argument("--shapes", default="10x4096,10x8192,10x15210,10x65536,1x1048576")
   parser.add_argument("--repeats", type=int, default=9)
   parser.add_argument("--no_terngrad", action="store_true")
+  parser.add_argument("--qsgd", default="qsgd(levels=4,bucket=512);qsgd(levels=1)",
+                      help="';'-separated QSGD specs ('' for none)")
   args = parser.parse_args(argv)
   if not native.available():
     print("the native kernels are not built: nothing to compare")
@@ -63,21 +75,25 @@ def main(argv=None) -> int:
       parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
     shapes.append((clients, n))
   specs = [f"quantize(bits={int(b)})" for b in args.bits.split(",")]
-  for spec in specs + ([] if args.no_terngrad else ["terngrad"]):
+  specs += ([] if args.no_terngrad else ["terngrad"]) + [q for q in args.qsgd.split(";") if q]
+  for spec in specs:
     codec = codecs.parse(spec)
     for clients, n in shapes:
       x = jax.random.normal(jax.random.key(0), (clients, n))
       keys = jax.random.split(jax.random.key(1), clients)
 
-      def cohort(xs, keys=keys, c=codec):
+      def cohort(xs, keys, c=codec):
         ys = jax.vmap(lambda k, v: c.decode(k, c.encode(k, v, ())[0]))(keys, xs)
         return jnp.ones((1, ys.shape[0])) @ ys
 
-      pair = Pair(lambda a=jit_with(cohort, True, x): a(x),
-                  lambda b=jit_with(cohort, False, x): b(x), repeats=args.repeats, span_s=0.05)
+      fast, out_fast = jit_with(cohort, True, x, keys)
+      slow, out_slow = jit_with(cohort, False, x, keys)
+      diff = float(np.max(np.abs(np.asarray(out_fast) - np.asarray(out_slow))))
+      pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
       ratio = pair.ratio()
       print(f"{spec} {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
-            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}", flush=True)
+            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}, "
+            f"max |sum difference| {diff:.2g}", flush=True)
   return 0
 
 

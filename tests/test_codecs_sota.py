@@ -261,6 +261,47 @@ def test_native_and_xla_ternary_and_quantize_codecs_agree(spec, monkeypatch):
 
 
 @needs_native
+@pytest.mark.parametrize("levels,bucket,n", [(4, 512, 10077), (1, 0, 4096), (127, 100, 20003),
+                                             (3, 2**15 + 3, 70001)])
+def test_native_qsgd_matches_the_xla_encoder_to_rounding(levels, bucket, n, monkeypatch):
+  # quantize.cc's QSGD against the XLA encoder: norms to float32 rounding
+  # (a double sum there), codes equal but where t lands within rounding of
+  # its dither, a NaN bucket's norm NaN; the native decode is (code - s) *
+  # (norm / s) in float32, op by op. Buckets: many, one whole leaf, 100
+  # (runs of 8 straddle them), and longer than a work item (2^15).
+  codec = C.qsgd(levels=levels, bucket=bucket)
+  x = np.array(jax.random.normal(jax.random.key(levels), (3, n)) *
+               jnp.exp(jax.random.normal(jax.random.key(1), (3, n))))
+  x[1, n // 2] = np.nan
+  keys = jax.random.split(jax.random.key(17), 3)
+
+  def round_trip():
+    payload, y = jax.jit(jax.vmap(lambda k, v: (
+        lambda p: (p, codec.decode(k, p)))(codec.encode(k, v, ())[0])))(keys, jnp.asarray(x))
+    (leaf,) = jax.tree.leaves(payload, is_leaf=lambda a: isinstance(a, qsgd_lib.QSGDLeaf))
+    return leaf, y
+
+  monkeypatch.setattr(qsgd_lib, "NATIVE_MIN_LENGTH", 1)  # the native kernels at any length
+  native_q, native_y = round_trip()
+  monkeypatch.setattr(qsgd_lib, "NATIVE_MIN_LENGTH", 2**40)
+  xla_q, _ = round_trip()
+  width = qsgd_lib.code_bits(levels)
+  codes = lambda q: np.asarray(jax.vmap(lambda w: K.unpack(w, width, n))(q.words)).astype(int)
+  nb = -(-n // (bucket or n))
+  ok = np.ones((3, nb), bool)
+  ok[1, (n // 2) // (bucket or n)] = False
+  np.testing.assert_allclose(np.asarray(native_q.norms)[ok], np.asarray(xla_q.norms)[ok], rtol=1e-6)
+  assert np.all(np.isnan(np.asarray(native_q.norms)[~ok]))
+  c_native, c_xla = codes(native_q), codes(xla_q)
+  good = np.repeat(ok, bucket or n, axis=1)[:, :n]
+  differ = (c_native != c_xla) & good
+  assert differ.sum() <= 1e-4 * good.sum() and np.all(np.abs(c_native - c_xla)[differ] == 1)
+  scale = (np.asarray(native_q.norms) / np.float32(levels)).astype(np.float32)
+  want = (c_native - levels).astype(np.float32) * np.repeat(scale, bucket or n, axis=1)[:, :n]
+  np.testing.assert_array_equal(np.asarray(native_y), want)
+
+
+@needs_native
 @pytest.mark.parametrize("spec", ["rand_k(p=0.01)", "subsample(p=0.3)", "top_k(p=0.02)",
                                   "eden(bits=0.5)", "random_mask(p=0.25)"])
 def test_native_draws_finiteness_and_scatter_leave_codecs_bit_identical(spec, monkeypatch):

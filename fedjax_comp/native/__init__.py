@@ -13,7 +13,8 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
   two passes over the row, where `lax.top_k` sorts on a CPU;
 - the stochastic min-max quantizer fused with bit packing, and its inverse
   (`quantize.cc`, `quantize_pack` and `unpack_dequantize`), and TernGrad's
-  the same way (`ternary_pack`, `ternary_unpack`): two passes where XLA:CPU
+  the same way (`ternary_pack`, `ternary_unpack`), and QSGD's (`qsgd_pack`,
+  `qsgd_unpack`, to float32 rounding): two passes where XLA:CPU
   materializes the codes and then packs them;
 - ``jax.random.bits`` of a threefry2x32 key (`threefry.cc`, `threefry_bits`),
   bit for bit, on 8-lane vectors where XLA:CPU's cipher runs one word at a
@@ -71,11 +72,13 @@ THREEFRY_TARGET = "fedjax_comp_threefry_bits"
 STRATIFIED_TARGET = "fedjax_comp_stratified"
 ALL_FINITE_TARGET = "fedjax_comp_all_finite"
 SCATTER_TARGET = "fedjax_comp_scatter_ascending"
+QSGD_PACK_TARGET = "fedjax_comp_qsgd_pack"
+QSGD_UNPACK_TARGET = "fedjax_comp_qsgd_unpack"
 _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
             _HERE / "quantize.cc", _HERE / "threefry.cc", _HERE / "finite.cc",
             _HERE / "scatter.cc")
-_HEADERS = (_HERE / "pack.h", _HERE / "parallel_for.h", _HERE / "vec.h")
+_HEADERS = (_HERE / "pack.h", _HERE / "parallel_for.h", _HERE / "scan.h", _HERE / "vec.h")
 # -ffp-contract=off: no fused multiply-adds, so products and sums round op by
 # op (the fused quantizer's codes match the XLA path's bit for bit; its decode
 # matches numpy's float32, XLA's jitted decode to an ulp).
@@ -178,7 +181,9 @@ def available() -> bool:
                            (THREEFRY_TARGET, lib.FedjaxCompThreefryBits),
                            (STRATIFIED_TARGET, lib.FedjaxCompStratified),
                            (ALL_FINITE_TARGET, lib.FedjaxCompAllFinite),
-                           (SCATTER_TARGET, lib.FedjaxCompScatterAscending)):
+                           (SCATTER_TARGET, lib.FedjaxCompScatterAscending),
+                           (QSGD_PACK_TARGET, lib.FedjaxCompQsgdPack),
+                           (QSGD_UNPACK_TARGET, lib.FedjaxCompQsgdUnpack)):
       jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
@@ -387,3 +392,32 @@ def scatter_ascending(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
                           jax.ShapeDtypeStruct(index.shape[:-1] + (n,), jnp.float32),
                           vmap_method="broadcast_all")
   return call(index, values)
+
+
+def qsgd_pack(x: jax.Array, seeds: jax.Array, levels: int, size: int, bits: int):
+  """QSGD's encode of float32 ``x [..., n]`` in buckets of `size`, fused (quantize.cc).
+
+  seeds: uint32 ``[..., buckets]``, each bucket's dither seed (what
+  `kernels.dither` draws for the ``[buckets, size]`` view). Returns
+  ``(words uint32 [..., bits, ceil(n / 32)], norms float32 [..., buckets])``:
+  the codes ``level * sign + levels`` packed as `kernels.pack` packs them,
+  and each bucket's L2 norm (NaN if it holds a NaN or an Inf). The codes
+  match the XLA encoder's but where t lands within rounding of its dither.
+  """
+  n, batch = x.shape[-1], x.shape[:-1]
+  buckets = -(-n // size)
+  call = jax.ffi.ffi_call(
+      QSGD_PACK_TARGET,
+      (jax.ShapeDtypeStruct(batch + (bits, -(-n // 32)), jnp.uint32),
+       jax.ShapeDtypeStruct(batch + (buckets,), jnp.float32)),
+      vmap_method="broadcast_all")
+  return call(x, seeds, levels=np.int64(levels), size=np.int64(size), bits=np.int64(bits))
+
+
+def qsgd_unpack(words: jax.Array, norms: jax.Array, levels: int, size: int, bits: int,
+                n: int) -> jax.Array:
+  """QSGD's decode, fused: ``(code - levels) * (norm / levels)``, float32 ``[..., n]``."""
+  call = jax.ffi.ffi_call(QSGD_UNPACK_TARGET,
+                          jax.ShapeDtypeStruct(norms.shape[:-1] + (n,), jnp.float32),
+                          vmap_method="broadcast_all")
+  return call(words, norms, levels=np.int64(levels), size=np.int64(size), bits=np.int64(bits))

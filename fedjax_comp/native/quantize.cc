@@ -1,6 +1,6 @@
 // Konečný's stochastic quantizer fused with bit packing, and its inverse, as
 // XLA FFI kernels for the CPU (`kernels.quantize_pack`,
-// `kernels.unpack_dequantize`).
+// `kernels.unpack_dequantize`); TernGrad's and QSGD's the same way (below).
 //
 // Encode, per row of x [rows, n] with b-bit codes (1 <= b <= 8), the same
 // arithmetic as `kernels.quantize` then `kernels.pack`:
@@ -28,6 +28,7 @@
 #include "xla/ffi/api/ffi.h"
 #include "pack.h"
 #include "parallel_for.h"
+#include "scan.h"
 #include "vec.h"
 
 namespace ffi = xla::ffi;
@@ -356,6 +357,209 @@ ffi::Error TernaryUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
   });
   return ffi::Error::Success();
 }
+// ---- QSGD (`codecs.norm_levels.qsgd`): s levels of |x| / ||bucket|| with signs ----
+//
+// Encode, per row of x [rows, n] in buckets of `size` coordinates (the last
+// one short), with s = levels and w-bit codes:
+//   pass 1, per bucket (or per 2^15 slice of a longer one, combined in
+//     slice order): max |x|, whether every x is finite, sum x^2 in double;
+//   pass 2, per run of 8 word columns: t = |x| / ||bucket|| * s, the level
+//     floor(t) + (frac(t) > dither) (at most s), the code level * sign + s,
+//     ORed into its field's words in registers.
+// The dither is `kernels.dither` over the [buckets, size] view: the
+// bucket's seed and the coordinate's position in its bucket.
+// The XLA path computes ||bucket|| as max|x| * sqrt(sum (x / max|x|)^2) in
+// float32, in an order XLA picks; here the sum is a double and t is
+// (|x| * pre * inv) * r with inv = 1 / (pre * max|x|), r = s * max|x| /
+// ||bucket|| (pre = 2^64 for a subnormal max, so inv stays finite). The norms
+// agree to float32 rounding and a code differs only where t lands within
+// rounding of its dither: not bit for bit, so the codec uses this kernel
+// only from `norm_levels.NATIVE_MIN_LENGTH` coordinates (the leaderboard's
+// leaves stay on the XLA path). A bucket holding a NaN or an infinity gets
+// norm NaN (it decodes to NaN).
+// Decode: x = (code - s) * (norm / s), one pass.
+
+struct Bucket {
+  float pre, inv, r;
+};
+
+// Position p of coordinate i in its bucket, and the bucket: i = b * size + p.
+struct BucketOf {
+  int64_t size;
+  int shift;  // log2(size) for a power of two, else -1
+  inline int64_t operator()(int64_t i) const { return shift >= 0 ? i >> shift : i / size; }
+};
+
+inline BucketOf MakeBucketOf(int64_t size) {
+  int shift = -1;
+  if ((size & (size - 1)) == 0)
+    for (shift = 0; (int64_t{1} << shift) < size; ++shift) {
+    }
+  return BucketOf{size, shift};
+}
+
+// The level code of one coordinate (as QsgdCodes8, lane by lane).
+inline uint32_t QsgdCode1(float v, const Bucket& bk, float dither, int32_t levels) {
+  const float levels_f = static_cast<float>(levels);
+  const float t = ((std::fabs(v) * bk.pre) * bk.inv) * bk.r;
+  const float tc = t < levels_f + 1.0f ? t : levels_f + 1.0f;  // NaN -> levels + 1
+  const int32_t ti = static_cast<int32_t>(tc);
+  const int32_t level = std::min(ti + ((tc - static_cast<float>(ti)) > dither ? 1 : 0), levels);
+  return static_cast<uint32_t>(v < 0.0f ? levels - level : levels + level);
+}
+
+inline W8 QsgdCodes8(V8 v, const Bucket& bk, V8 dither, int32_t levels) {
+  const V8 a = reinterpret_cast<V8>(reinterpret_cast<I8>(v) & (I8{} + 0x7fffffff));
+  const V8 t = ((a * Splat(bk.pre)) * Splat(bk.inv)) * Splat(bk.r);
+  const V8 cap = Splat(static_cast<float>(levels) + 1.0f);
+  const V8 tc = Select(t < cap, t, cap);
+  const I8 ti = __builtin_convertvector(tc, I8);  // truncation is floor (t >= 0)
+  const V8 fl = __builtin_convertvector(ti, V8);
+  I8 level = ti - ((tc - fl) > dither);  // a true comparison is -1
+  const I8 top = I8{} + levels;
+  level = SelectI(level > top, top, level);
+  return reinterpret_cast<W8>(SelectI(v < Splat(0.0f), top - level, top + level));
+}
+
+ffi::Error QsgdPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::U32> seeds,
+                        ffi::ResultBuffer<ffi::U32> words, ffi::ResultBuffer<ffi::F32> norms_out,
+                        int64_t levels, int64_t size, int64_t bits) {
+  auto dims = x.dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("qsgd_pack: x needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (n < 1 || size < 1 || levels < 1 || levels > 127 || bits < 1 || bits > 8 ||
+      (int64_t{1} << bits) < 2 * levels + 1)
+    return ffi::Error::InvalidArgument("qsgd_pack: n, size >= 1, levels in 1..127, 2 levels < 2^bits");
+  const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
+  const int64_t nb = (n + size - 1) / size;
+  if (static_cast<int64_t>(seeds.element_count()) != rows * nb ||
+      static_cast<int64_t>(words->element_count()) != rows * bits * groups ||
+      static_cast<int64_t>(norms_out->element_count()) != rows * nb)
+    return ffi::Error::InvalidArgument("qsgd_pack: seeds, words or norms do not match x");
+  if (rows == 0) return ffi::Error::Success();
+  const float* in = x.typed_data();
+  const uint32_t* seed = seeds.typed_data();
+  uint32_t* out = words->typed_data();
+  float* norms = norms_out->typed_data();
+
+  // Pass 1: pieces of at most kChunk coordinates, never straddling a bucket;
+  // short buckets are grouped so an item holds about kChunk coordinates.
+  const int64_t slices = (size + kChunk - 1) / kChunk;  // per bucket
+  const int64_t per_item = slices == 1 ? std::max<int64_t>(1, kChunk / size) : 1;  // buckets
+  const int64_t items_per_row = slices == 1 ? (nb + per_item - 1) / per_item : nb * slices;
+  std::vector<float> part_top(rows * nb * slices);
+  std::vector<double> part_sq(rows * nb * slices);
+  std::vector<char> part_ok(rows * nb * slices);
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 2, [&](int64_t it) {
+    const int64_t r = it / items_per_row, k = it % items_per_row;
+    const int64_t p0 = slices == 1 ? k * per_item : k;  // piece index within the row
+    const int64_t p1 = slices == 1 ? std::min(nb, p0 + per_item) : p0 + 1;
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t b = p / slices, s = p % slices;
+      const int64_t j0 = b * size + s * kChunk;
+      const int64_t j1 = std::min({b * size + size, j0 + kChunk, n});
+      bool ok;
+      Scan(in + r * n + j0, j1 - j0, &part_top[r * nb * slices + p], &ok,
+           &part_sq[r * nb * slices + p]);
+      part_ok[r * nb * slices + p] = ok;
+    }
+  });
+  std::vector<Bucket> buckets(rows * nb);
+  for (int64_t q = 0; q < rows * nb; ++q) {
+    float top = 0.0f;
+    double sq = 0.0;
+    bool ok = true;
+    for (int64_t s = 0; s < slices; ++s) {
+      top = std::max(top, part_top[q * slices + s]);
+      sq += part_sq[q * slices + s];
+      ok &= part_ok[q * slices + s] != 0;
+    }
+    const double norm = std::sqrt(sq);
+    norms[q] = ok ? static_cast<float>(norm) : std::numeric_limits<float>::quiet_NaN();
+    Bucket bk{1.0f, 0.0f, 0.0f};
+    if (ok && top > 0.0f) {
+      bk.pre = top < std::numeric_limits<float>::min() ? 0x1p64f : 1.0f;
+      bk.inv = 1.0f / (top * bk.pre);
+      bk.r = static_cast<float>(static_cast<double>(levels) * top / norm);
+    }
+    buckets[q] = bk;
+  }
+
+  const BucketOf bucket_of = MakeBucketOf(size);
+  const int32_t lv = static_cast<int32_t>(levels);
+  const int64_t items2 = (groups + kWords - 1) / kWords;
+  fedjax_comp::ParallelFor(pool, rows * items2, 1, [&](int64_t it) {
+    const int64_t r = it / items2, g0 = (it % items2) * kWords;
+    const int64_t g1 = std::min(groups, g0 + kWords);
+    const float* xr = in + r * n;
+    const Bucket* bks = buckets.data() + r * nb;
+    const uint32_t* sd = seed + r * nb;
+    auto code1 = [&](int64_t i) {
+      const int64_t b = bucket_of(i);
+      return QsgdCode1(xr[i], bks[b], Dither1(i - b * size, sd[b]), lv);
+    };
+    auto code8 = [&](int64_t i0) {
+      const int64_t b = bucket_of(i0);
+      if (bucket_of(i0 + 7) != b) {  // straddles a bucket boundary: lane by lane
+        W8 c;
+        for (int k = 0; k < 8; ++k) c[k] = code1(i0 + k);
+        return c;
+      }
+      return QsgdCodes8(Load(xr + i0), bks[b], Dither8(i0 - b * size, sd[b]), lv);
+    };
+    PackRange(n, groups, bits, g0, g1, out + r * bits * groups, code8, code1);
+  });
+  return ffi::Error::Success();
+}
+
+// QSGD's decode: (code - s) * (norm / s) per coordinate.
+ffi::Error QsgdUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
+                          ffi::Buffer<ffi::F32> norms_in, ffi::ResultBuffer<ffi::F32> y,
+                          int64_t levels, int64_t size, int64_t bits) {
+  auto dims = y->dimensions();
+  if (dims.size() == 0) return ffi::Error::InvalidArgument("qsgd_unpack: y needs [..., n]");
+  const int64_t n = dims.back(), groups = (n + 31) / 32;
+  if (n < 1 || size < 1 || levels < 1 || bits < 1 || bits > 8)
+    return ffi::Error::InvalidArgument("qsgd_unpack: n, size, levels >= 1, bits in 1..8");
+  const int64_t rows = static_cast<int64_t>(y->element_count()) / n;
+  const int64_t nb = (n + size - 1) / size;
+  if (static_cast<int64_t>(words.element_count()) != rows * bits * groups ||
+      static_cast<int64_t>(norms_in.element_count()) != rows * nb)
+    return ffi::Error::InvalidArgument("qsgd_unpack: words or norms do not match y");
+  const uint32_t* in = words.typed_data();
+  const float* norms = norms_in.typed_data();
+  float* out = y->typed_data();
+  const float lv = static_cast<float>(levels);
+  const BucketOf bucket_of = MakeBucketOf(size);
+  const int64_t items_per_row = (n + kChunk - 1) / kChunk;
+  fedjax_comp::ParallelFor(pool, rows * items_per_row, 2, [&](int64_t it) {
+    const int64_t r = it / items_per_row, i0 = (it % items_per_row) * kChunk;
+    const int64_t i1 = std::min(n, i0 + kChunk);
+    const float* nr = norms + r * nb;
+    float* yr = out + r * n;
+    auto scale = [&](int64_t b) { return nr[b] / lv; };
+    UnpackRange(
+        in + r * bits * groups, groups, bits, i0, i1,
+        [&](int64_t i, W8 code) {
+          const I8 signed_level = reinterpret_cast<I8>(code) - static_cast<int32_t>(levels);
+          const V8 lvl = __builtin_convertvector(signed_level, V8);
+          const int64_t b = bucket_of(i);
+          V8 v;
+          if (bucket_of(i + 7) == b) {
+            v = lvl * Splat(scale(b));
+          } else {
+            for (int k = 0; k < 8; ++k) v[k] = lvl[k] * scale(bucket_of(i + k));
+          }
+          std::memcpy(yr + i, &v, sizeof(v));
+        },
+        [&](int64_t i, uint32_t code) {
+          yr[i] = static_cast<float>(static_cast<int32_t>(code) - static_cast<int32_t>(levels)) *
+                  scale(bucket_of(i));
+        });
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompQuantizePack, QuantizePackImpl,
@@ -391,3 +595,24 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompTernaryUnpack, TernaryUnpackImpl,
                                   .Arg<ffi::Buffer<ffi::U32>>()
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompQsgdPack, QsgdPackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::U32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("levels")
+                                  .Attr<int64_t>("size")
+                                  .Attr<int64_t>("bits"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(FedjaxCompQsgdUnpack, QsgdUnpackImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::U32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<int64_t>("levels")
+                                  .Attr<int64_t>("size")
+                                  .Attr<int64_t>("bits"));
