@@ -202,7 +202,9 @@ def all_finite(x: jax.Array) -> jax.Array:
   x = jnp.asarray(x)
   if not (x.dtype == jnp.float32 and x.size >= NATIVE_FINITE_MIN and native.active()):
     return jnp.all(jnp.isfinite(x))
-  return lax.platform_dependent(x.reshape(-1), cpu=native.all_finite,
+  # A boolean has no derivative; stop_gradient keeps a gradient through a
+  # caller (poison_unless_finite) from reaching the FFI call, which has none.
+  return lax.platform_dependent(lax.stop_gradient(x).reshape(-1), cpu=native.all_finite,
                                 default=lambda v: jnp.all(jnp.isfinite(v)))
 
 
@@ -224,8 +226,25 @@ def scatter_ascending(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
   if index.ndim != 1 or values.dtype != jnp.float32 or n < NATIVE_SCATTER_MIN or (
       not native.active()):
     return xla(index, values)
-  return lax.platform_dependent(index.astype(jnp.int32), values,
-                                cpu=lambda i, v: native.scatter_ascending(i, v, n), default=xla)
+  return _scatter_ascending_native(index.astype(jnp.int32), values, n)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _scatter_ascending_native(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
+  """`scatter_ascending` by the native kernel on a CPU, XLA's elsewhere; differentiable in
+  values (the decoders of structured codecs are trained through: random_mask's expand)."""
+  return lax.platform_dependent(
+      index, values, cpu=lambda i, v: native.scatter_ascending(i, v, n),
+      default=lambda i, v: jnp.zeros((n,), v.dtype).at[i].set(v))
+
+
+@_scatter_ascending_native.defjvp
+def _scatter_ascending_jvp(n, primals, tangents):
+  index, values = primals
+  # Linear in values: the tangent is the same scatter, in XLA ops (which JAX
+  # can transpose for reverse mode; the FFI call cannot be).
+  return (_scatter_ascending_native(index, values, n),
+          jnp.zeros((n,), values.dtype).at[index].set(tangents[1], unique_indices=True))
 
 
 def rademacher_words(key: jax.Array, n: int) -> jax.Array:

@@ -301,6 +301,20 @@ def test_native_qsgd_matches_the_xla_encoder_to_rounding(levels, bucket, n, monk
   np.testing.assert_array_equal(np.asarray(native_y), want)
 
 
+@pytest.mark.parametrize("native_path", [True, False])
+def test_qsgd_keeps_buckets_near_float32_max(native_path, monkeypatch):
+  # 1 / max|x| is subnormal above 2^126 and flushed to zero on a CPU: both
+  # encoders scale such a bucket by 2^-64 first, so it is quantized, not
+  # zeroed (each coordinate within one level, norm / s, of x).
+  monkeypatch.setattr(qsgd_lib, "NATIVE_MIN_LENGTH", 1 if native_path else 2**40)
+  x = jnp.full((4096,), 1e38, jnp.float32).at[::3].set(-3e37)
+  codec = C.qsgd(levels=4, bucket=2)
+  payload = codec.encode(jax.random.key(0), x, ())[0]
+  y = np.asarray(codec.decode(jax.random.key(0), payload), np.float64)
+  norms = np.repeat(np.asarray(jax.tree.leaves(payload)[1], np.float64), 2)
+  assert np.all(np.isfinite(norms)) and np.all(np.abs(y - np.asarray(x)) <= norms / 4 * 1.0001)
+
+
 @needs_native
 @pytest.mark.parametrize("spec", ["rand_k(p=0.01)", "subsample(p=0.3)", "top_k(p=0.02)",
                                   "eden(bits=0.5)", "random_mask(p=0.25)"])

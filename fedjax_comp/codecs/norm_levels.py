@@ -17,7 +17,8 @@ length for the payload at hand (``elias="gamma"``: |gamma(k)| =
 uses). The two counts are reported side by side by `benchmarks.dme`.
 
 A NaN or Inf in a bucket makes its norm NaN, and the bucket decodes to NaN
-(so the update is non-finite and the round refuses it).
+(so the update is non-finite and the round refuses it); so does a bucket
+whose norm exceeds float32's range (norm inf).
 
 On a CPU, leaves of `NATIVE_MIN_LENGTH` coordinates or more encode and
 decode in one native pass each (`native.qsgd_pack`, `qsgd_unpack`): the
@@ -141,7 +142,11 @@ def qsgd(levels: int = 4, bucket: int = 0, elias: str = "gamma") -> Codec:
     nb, size = buckets(n)
     v = jnp.pad(flat, (0, nb * size - n)).reshape(nb, size)
     top = jnp.max(jnp.abs(v), axis=1, keepdims=True, initial=0.0)
-    unit = v / jnp.where(top > 0, top, 1.0)  # norms of v / max|v|: no overflow
+    # Norms of v / max|v|: no overflow. XLA:CPU divides by multiplying by the
+    # reciprocal, flushed to zero for max|v| > 2^126: a power of two brings
+    # such a bucket down first (exact; a no-op for every other bucket).
+    pre = jnp.where(top > 2.0**64, 2.0**-64, 1.0)
+    unit = (v * pre) / jnp.where(top > 0, top * pre, 1.0)
     unit_norm = jnp.sqrt(jnp.sum(unit * unit, axis=1, keepdims=True))
     t = jnp.abs(unit) / jnp.where(unit_norm > 0, unit_norm, 1.0) * levels
     floor = jnp.floor(t)

@@ -1,5 +1,5 @@
 // Whether every float of a row is finite, as an XLA FFI kernel for the CPU
-// (`codecs.base.poison_unless_finite`, `kernels.all_finite_rows`).
+// (`kernels.all_finite`: `codecs.base.all_finite`, `poison_unless_finite`).
 //
 // XLA:CPU reduces ``jnp.all(jnp.isfinite(x))`` on one thread at about 9 GB/s
 // (0.47 ms for 2^20 floats); here 8-lane integer compares of the exponent

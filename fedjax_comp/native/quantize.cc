@@ -375,8 +375,10 @@ ffi::Error TernaryUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
 // agree to float32 rounding and a code differs only where t lands within
 // rounding of its dither: not bit for bit, so the codec uses this kernel
 // only from `norm_levels.NATIVE_MIN_LENGTH` coordinates (the leaderboard's
-// leaves stay on the XLA path). A bucket holding a NaN or an infinity gets
-// norm NaN (it decodes to NaN).
+// leaves stay on the XLA path). pre is a power of two that keeps 1 / (pre *
+// max|x|) a normal float (flush-to-zero would zero it). A bucket holding a
+// NaN or an infinity gets norm NaN (it decodes to NaN); one whose norm
+// exceeds float32's range, norm inf (it decodes non-finite too).
 // Decode: x = (code - s) * (norm / s), one pass.
 
 struct Bucket {
@@ -456,7 +458,7 @@ ffi::Error QsgdPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     const int64_t p1 = slices == 1 ? std::min(nb, p0 + per_item) : p0 + 1;
     for (int64_t p = p0; p < p1; ++p) {
       const int64_t b = p / slices, s = p % slices;
-      const int64_t j0 = b * size + s * kChunk;
+      const int64_t j0 = std::min(b * size + s * kChunk, n);  // the last bucket may be short
       const int64_t j1 = std::min({b * size + size, j0 + kChunk, n});
       bool ok;
       Scan(in + r * n + j0, j1 - j0, &part_top[r * nb * slices + p], &ok,
@@ -478,7 +480,9 @@ ffi::Error QsgdPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
     norms[q] = ok ? static_cast<float>(norm) : std::numeric_limits<float>::quiet_NaN();
     Bucket bk{1.0f, 0.0f, 0.0f};
     if (ok && top > 0.0f) {
-      bk.pre = top < std::numeric_limits<float>::min() ? 0x1p64f : 1.0f;
+      // 1 / top must stay a normal float: XLA runs with flush-to-zero, and
+      // 1 / top for top > 2^126 is subnormal, which would zero the bucket.
+      bk.pre = top < std::numeric_limits<float>::min() ? 0x1p64f : top > 0x1p64f ? 0x1p-64f : 1.0f;
       bk.inv = 1.0f / (top * bk.pre);
       bk.r = static_cast<float>(static_cast<double>(levels) * top / norm);
     }
@@ -519,8 +523,10 @@ ffi::Error QsgdUnpackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
   auto dims = y->dimensions();
   if (dims.size() == 0) return ffi::Error::InvalidArgument("qsgd_unpack: y needs [..., n]");
   const int64_t n = dims.back(), groups = (n + 31) / 32;
-  if (n < 1 || size < 1 || levels < 1 || bits < 1 || bits > 8)
-    return ffi::Error::InvalidArgument("qsgd_unpack: n, size, levels >= 1, bits in 1..8");
+  if (n < 1 || size < 1 || levels < 1 || levels > 127 || bits < 1 || bits > 8 ||
+      (int64_t{1} << bits) < 2 * levels + 1)
+    return ffi::Error::InvalidArgument(
+        "qsgd_unpack: n, size >= 1, levels in 1..127, 2 levels < 2^bits");
   const int64_t rows = static_cast<int64_t>(y->element_count()) / n;
   const int64_t nb = (n + size - 1) / size;
   if (static_cast<int64_t>(words.element_count()) != rows * bits * groups ||
