@@ -29,7 +29,7 @@ XLA path kept on GPU/TPU, for float64, and wherever they cannot be built:
 
 Building: the first call compiles the sources with the C++ compiler (``$CXX``,
 else ``c++``, ``g++`` or ``clang++``), jaxlib's FFI headers and
-``-O3 -march=native`` into ``$FEDJAX_COMP_CACHE/native/<key>/`` (about 9 s
+``-O3 -march=native`` into ``$FEDJAX_COMP_CACHE/native/<key>/`` (about 15 s
 on two cores, the sources compiled in parallel, once), where the key hashes
 the sources, the flags, the compiler's version,
 jaxlib's version and this CPU's model and flags, so a cache shared between
