@@ -400,6 +400,21 @@ def test_native_top_k_selects_as_lax_top_k_does_ties_included():
   got = jax.vmap(lambda v: native.top_k_indices(v, 40))(batch)
   for row, x in zip(np.asarray(got), batch):
     np.testing.assert_array_equal(row, np.sort(np.argsort(-np.abs(x), kind="stable")[:40]))
+  # Rows of 2^17 floats and more, fewer than the threads, split their passes
+  # over chunks: ties spread over every chunk (integers), a NaN and
+  # infinities, k = 1 and k = d; then 1, 2 and 5 such rows (5: rows in parallel).
+  d = 3 * 2**16 + 5
+  ties = rng.integers(-3, 4, d).astype(np.float32)
+  ties[[0, d // 2, d - 1]] = [np.inf, np.nan, -np.inf]
+  for x, k in [(ties, 1), (ties, 3), (ties, 50000), (ties, d), (heavy.repeat(40), 4321)]:
+    magnitude = (x.view(np.uint32) & 0x7FFFFFFF).astype(np.int64)  # the kernel's order: NaN > inf
+    want = np.sort(np.lexsort((np.arange(x.size), -magnitude))[:k])
+    np.testing.assert_array_equal(native.top_k_indices(jnp.asarray(x), k), want)
+  for rows in (1, 2, 5):
+    batch = (rng.standard_normal((rows, d)) * 4).round().astype(np.float32)
+    got = np.asarray(jax.vmap(lambda v: native.top_k_indices(v, 9999))(batch))
+    for row, x in zip(got, batch):
+      np.testing.assert_array_equal(row, np.sort(np.lexsort((np.arange(d), -np.abs(x)))[:9999]))
 
 
 def test_wide_index_packing_round_trips_every_width():

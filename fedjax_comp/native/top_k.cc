@@ -16,20 +16,41 @@
 //     10 bits, giving the exact k-th key T and how many of T to take;
 //   the two ascending lists (above the bin; candidates above T, then the
 //     first of those equal to T) are merged.
-// Two passes over the row; the rest touches only the candidates. Rows are
-// independent work items (`fedjax_comp::ParallelFor`).
+// Two passes over the row; the rest touches only the candidates. Pass B
+// compares 8 floats at a time and visits only the lanes above or in the
+// bin. Rows are independent work items (`fedjax_comp::ParallelFor`); with
+// fewer rows than threads, each row's two passes split over chunks instead.
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
+
 #include "xla/ffi/api/ffi.h"
 #include "parallel_for.h"
+#include "vec.h"
 
 namespace ffi = xla::ffi;
+using fedjax_comp::I8;
 
 namespace {
+
+constexpr int64_t kChunk = 1 << 16;  // floats per chunk of a row split over threads
+
+// Bit t set where lane t of the comparison mask c is true (all ones).
+inline uint32_t Mask8(I8 c) {
+#if defined(__AVX__)
+  return static_cast<uint32_t>(_mm256_movemask_ps(reinterpret_cast<__m256>(c)));
+#else
+  uint32_t m = 0;
+  for (int t = 0; t < 8; ++t) m |= (static_cast<uint32_t>(c[t]) & 1u) << t;
+  return m;
+#endif
+}
 
 inline uint32_t Key(float v) {
   uint32_t u;
@@ -50,42 +71,108 @@ int FindBin(const uint32_t* hist, int bins, int64_t* need) {
   return b;
 }
 
-// One row: writes the k selected indices, ascending, to out.
-void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
-               std::vector<uint32_t>& cand_key, std::vector<int32_t>& cand_idx,
-               std::vector<int32_t>& above) {
-  constexpr int kTopBits = 11, kShift = 20;
-  constexpr int kTopBins = 1 << kTopBits;
-  // Pass A: four interleaved histograms (independent increments), then summed.
+constexpr int kTopBits = 11, kShift = 20;
+constexpr int kTopBins = 1 << kTopBits;
+
+// Pass A over x[0:len]: adds the histogram of the keys' top 11 bits to hist,
+// from four interleaved histograms (independent increments).
+void HistogramTop(const float* x, int64_t len, uint32_t* hist) {
   thread_local std::vector<uint32_t> h4(4 * kTopBins);
   std::fill(h4.begin(), h4.end(), 0u);
   int64_t j = 0;
-  for (; j + 4 <= d; j += 4)
+  for (; j + 4 <= len; j += 4)
     for (int t = 0; t < 4; ++t) ++h4[t * kTopBins + (Key(x[j + t]) >> kShift)];
-  for (; j < d; ++j) ++h4[Key(x[j]) >> kShift];
-  uint32_t hist[kTopBins];
+  for (; j < len; ++j) ++h4[Key(x[j]) >> kShift];
   for (int b = 0; b < kTopBins; ++b)
-    hist[b] = h4[b] + h4[kTopBins + b] + h4[2 * kTopBins + b] + h4[3 * kTopBins + b];
+    hist[b] += h4[b] + h4[kTopBins + b] + h4[2 * kTopBins + b] + h4[3 * kTopBins + b];
+}
+
+// Pass B over x[j0:j1]: the indices above top_bin to ab, the bin's members
+// (key, index) to ck, ci, each in index order. Eight floats at a time: two
+// comparisons give the lanes above and in the bin as bit masks, and only
+// their set bits (a few percent of the row) are visited.
+void Collect(const float* x, int64_t j0, int64_t j1, uint32_t top_bin, int32_t* ab, uint32_t* ck,
+             int32_t* ci) {
+  int64_t na = 0, nc = 0;
+  const I8 magnitude = I8{} + 0x7fffffff;
+  const I8 bin_floor = I8{} + static_cast<int32_t>(top_bin << kShift);
+  const bool has_above = top_bin + 1 < kTopBins;  // else no bin lies above
+  const I8 next_floor = I8{} + (has_above ? static_cast<int32_t>((top_bin + 1) << kShift) : 0);
+  int64_t i = j0;
+  for (; i + 8 <= j1; i += 8) {
+    I8 v;
+    std::memcpy(&v, x + i, sizeof(v));
+    const I8 key = v & magnitude;  // as signed int32: >= 0, ordered as |x|
+    uint32_t hit = Mask8(key >= bin_floor);
+    if (!hit) continue;
+    const uint32_t up = has_above ? Mask8(key >= next_floor) : 0u;
+    for (; hit; hit &= hit - 1) {
+      const int t = __builtin_ctz(hit);
+      if (up >> t & 1u) {
+        ab[na++] = static_cast<int32_t>(i + t);
+      } else {
+        ck[nc] = Key(x[i + t]);
+        ci[nc++] = static_cast<int32_t>(i + t);
+      }
+    }
+  }
+  for (; i < j1; ++i) {
+    const uint32_t key = Key(x[i]), bin = key >> kShift;
+    if (bin > top_bin) {
+      ab[na++] = static_cast<int32_t>(i);
+    } else if (bin == top_bin) {
+      ck[nc] = key;
+      ci[nc++] = static_cast<int32_t>(i);
+    }
+  }
+}
+
+// One row: writes the k selected indices, ascending, to out. With chunks >
+// 1 (and a pool), passes A and B run over that many contiguous chunks of the
+// row in parallel: per-chunk histograms, summed, give the bin and each
+// chunk's offsets into the two lists, so the lists come out in index order
+// as with one chunk.
+void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
+               std::vector<uint32_t>& cand_key, std::vector<int32_t>& cand_idx,
+               std::vector<int32_t>& above, ffi::ThreadPool* pool, int64_t chunks) {
+  const int64_t per = (d + chunks - 1) / chunks;
+  chunks = (d + per - 1) / per;
+  std::vector<uint32_t> hists(chunks * kTopBins, 0u);
+  auto pass_a = [&](int64_t c) {
+    HistogramTop(x + c * per, std::min(d, (c + 1) * per) - c * per, &hists[c * kTopBins]);
+  };
+  if (chunks > 1) {
+    fedjax_comp::ParallelFor(*pool, chunks, 1, pass_a);
+  } else {
+    pass_a(0);
+  }
+  uint32_t hist[kTopBins] = {};
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int b = 0; b < kTopBins; ++b) hist[b] += hists[c * kTopBins + b];
   int64_t need = k;
   const uint32_t top_bin = static_cast<uint32_t>(FindBin(hist, kTopBins, &need));
 
   // Pass B: everything above the bin is taken; the bin's members are candidates.
-  above.clear();
-  cand_key.clear();
-  cand_idx.clear();
-  above.reserve(k - need);
-  cand_key.reserve(hist[top_bin]);
-  cand_idx.reserve(hist[top_bin]);
-  for (int64_t i = 0; i < d; ++i) {
-    const uint32_t key = Key(x[i]);
-    const uint32_t bin = key >> kShift;
-    if (bin > top_bin) {
-      above.push_back(static_cast<int32_t>(i));
-    } else if (bin == top_bin) {
-      cand_key.push_back(key);
-      cand_idx.push_back(static_cast<int32_t>(i));
-    }
+  std::vector<int64_t> above_at(chunks + 1, 0), cand_at(chunks + 1, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t up = 0;
+    for (int b = static_cast<int>(top_bin) + 1; b < kTopBins; ++b) up += hists[c * kTopBins + b];
+    above_at[c + 1] = above_at[c] + up;
+    cand_at[c + 1] = cand_at[c] + hists[c * kTopBins + top_bin];
   }
+  above.resize(above_at[chunks]);  // k - need
+  cand_key.resize(cand_at[chunks]);  // hist[top_bin]
+  cand_idx.resize(cand_at[chunks]);
+  auto pass_b = [&](int64_t c) {
+    Collect(x, c * per, std::min(d, (c + 1) * per), top_bin, above.data() + above_at[c],
+            cand_key.data() + cand_at[c], cand_idx.data() + cand_at[c]);
+  };
+  if (chunks > 1) {
+    fedjax_comp::ParallelFor(*pool, chunks, 1, pass_b);
+  } else {
+    pass_b(0);
+  }
+  const int64_t na = static_cast<int64_t>(above.size());
 
   // The lower 20 bits among the candidates, in two digits of 10 bits (none
   // needed when every candidate is taken: then the threshold is the bin's floor).
@@ -102,8 +189,7 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
   const uint32_t threshold = prefix;  // the k-th largest key; take `need` of those equal
 
   // Merge the ascending lists: above the bin, and the candidates kept.
-  int64_t o = 0, a = 0, equal_taken = 0;
-  const int64_t na = static_cast<int64_t>(above.size());
+  int64_t o = 0, a = 0, equal_taken = 0;  // na: the count above the bin, from pass B
   for (size_t c = 0; c < cand_key.size(); ++c) {
     const uint32_t key = cand_key[c];
     const bool keep = key > threshold || (key == threshold && equal_taken++ < need);
@@ -129,16 +215,27 @@ ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
     return ffi::Error::InvalidArgument("top_k: indices do not match x's rows");
   const float* in = x.typed_data();
   int32_t* out = idx->typed_data();
-  fedjax_comp::ParallelFor(pool, rows, 1, [=](int64_t r) {
+  // At most half as many rows as threads, and long ones: each row's passes
+  // split over chunks of kChunk floats (or more), rows in turn; else rows in
+  // parallel (two rows on two threads ran 1.1x faster whole than chunked).
+  const int64_t threads = pool.num_threads() + 1;
+  const int64_t chunks =
+      2 * rows <= threads && d >= 2 * kChunk ? std::min<int64_t>(d / kChunk, 8 * threads) : 1;
+  auto row = [=, &pool](int64_t r) {
     thread_local std::vector<uint32_t> cand_key;
     thread_local std::vector<int32_t> cand_idx, above;
-    SelectRow(in + r * d, d, k, out + r * k, cand_key, cand_idx, above);
+    SelectRow(in + r * d, d, k, out + r * k, cand_key, cand_idx, above, &pool, chunks);
     if (cand_key.capacity() > (size_t{1} << 22)) {  // keep at most 4M entries (16 MB) each
       std::vector<uint32_t>().swap(cand_key);
       std::vector<int32_t>().swap(cand_idx);
     }
     if (above.capacity() > (size_t{1} << 22)) std::vector<int32_t>().swap(above);
-  });
+  };
+  if (chunks > 1) {
+    for (int64_t r = 0; r < rows; ++r) row(r);
+  } else {
+    fedjax_comp::ParallelFor(pool, rows, 1, row);
+  }
   return ffi::Error::Success();
 }
 
