@@ -17,8 +17,8 @@
 //   the two ascending lists (above the bin; candidates above T, then the
 //     first of those equal to T) are merged.
 // Two passes over the row; the rest touches only the candidates. Pass B
-// compares 8 floats at a time and visits only the lanes above or in the
-// bin. Rows are independent work items (`fedjax_comp::ParallelFor`); with
+// compares 8 floats at a time and, with AVX2, packs the lanes above or in
+// the bin to the lists by a shuffle, without a branch. Rows are independent work items (`fedjax_comp::ParallelFor`); with
 // fewer rows than threads, each row's two passes split over chunks instead.
 
 #include <algorithm>
@@ -87,18 +87,76 @@ void HistogramTop(const float* x, int64_t len, uint32_t* hist) {
     hist[b] += h4[b] + h4[kTopBins + b] + h4[2 * kTopBins + b] + h4[3 * kTopBins + b];
 }
 
+#if defined(__AVX2__)
+// For each 8-bit mask, the lanes whose bit is set, in order (the rest 0):
+// the permutation that packs a vector's selected lanes to its front.
+struct PackTable {
+  alignas(32) int32_t lanes[256][8];
+};
+constexpr PackTable MakePackTable() {
+  PackTable t{};
+  for (int m = 0; m < 256; ++m) {
+    int o = 0;
+    for (int b = 0; b < 8; ++b)
+      if (m >> b & 1) t.lanes[m][o++] = b;
+  }
+  return t;
+}
+constexpr PackTable kPack = MakePackTable();
+#endif
+
 // Pass B over x[j0:j1]: the indices above top_bin to ab, the bin's members
-// (key, index) to ck, ci, each in index order. Eight floats at a time: two
-// comparisons give the lanes above and in the bin as bit masks, and only
-// their set bits (a few percent of the row) are visited.
-void Collect(const float* x, int64_t j0, int64_t j1, uint32_t top_bin, int32_t* ab, uint32_t* ck,
-             int32_t* ci) {
+// (key, index) to ck, ci, each in index order; ab holds exactly cap_a of
+// them and ck, ci cap_c (the counts pass A found). Eight floats at a time:
+// two comparisons give the lanes above and in the bin as bit masks. With
+// AVX2 and hits on 2% of the range or more, a shuffle packs each mask's
+// lanes to the front of a vector stored whole (no branch; the count
+// advances by the mask's popcount) while 8 slots remain; otherwise only the
+// set bits are visited.
+void Collect(const float* x, int64_t j0, int64_t j1, uint32_t top_bin, int32_t* ab,
+             int64_t cap_a, uint32_t* ck, int32_t* ci, int64_t cap_c) {
   int64_t na = 0, nc = 0;
+  int64_t i = j0;
+  const bool has_above = top_bin + 1 < kTopBins;  // else no bin lies above
+#if defined(__AVX2__)
+  // Only where hits are dense enough (2% of the range or more): the stores
+  // cost every group, where the branch skips the groups without a hit
+  // cheaply when hits are rare (0.1%: 1.2x slower packed; 4.5%: 0.65x).
+  if ((cap_a + cap_c) * 50 >= j1 - j0) {
+    const __m256i magnitude = _mm256_set1_epi32(0x7fffffff);
+    // key > floor - 1, i.e. key >= floor (keys are >= 0; (top + 1) << 20 - 1
+    // is INT32_MAX for the top bin, which no key exceeds).
+    const __m256i below_bin = _mm256_set1_epi32(static_cast<int32_t>((top_bin << kShift) - 1u));
+    const __m256i below_next =
+        _mm256_set1_epi32(static_cast<int32_t>(((top_bin + 1) << kShift) - 1u));
+    __m256i index = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int32_t>(i)),
+                                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    const __m256i eight = _mm256_set1_epi32(8);
+    for (; i + 8 <= j1 && na + 8 <= cap_a && nc + 8 <= cap_c;
+         i += 8, index = _mm256_add_epi32(index, eight)) {
+      const __m256i key =
+          _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)), magnitude);
+      const __m256i in_or_up = _mm256_cmpgt_epi32(key, below_bin);
+      const __m256i up = _mm256_cmpgt_epi32(key, below_next);
+      const unsigned up_mask = _mm256_movemask_ps(_mm256_castsi256_ps(up));
+      const unsigned in_mask =
+          _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(up, in_or_up)));
+      const __m256i pack_up = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[up_mask]));
+      const __m256i pack_in = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[in_mask]));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ab + na),
+                          _mm256_permutevar8x32_epi32(index, pack_up));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + nc),
+                          _mm256_permutevar8x32_epi32(index, pack_in));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(ck + nc),
+                          _mm256_permutevar8x32_epi32(key, pack_in));
+      na += __builtin_popcount(up_mask);
+      nc += __builtin_popcount(in_mask);
+    }
+  }
+#endif
   const I8 magnitude = I8{} + 0x7fffffff;
   const I8 bin_floor = I8{} + static_cast<int32_t>(top_bin << kShift);
-  const bool has_above = top_bin + 1 < kTopBins;  // else no bin lies above
   const I8 next_floor = I8{} + (has_above ? static_cast<int32_t>((top_bin + 1) << kShift) : 0);
-  int64_t i = j0;
   for (; i + 8 <= j1; i += 8) {
     I8 v;
     std::memcpy(&v, x + i, sizeof(v));
@@ -165,7 +223,8 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
   cand_idx.resize(cand_at[chunks]);
   auto pass_b = [&](int64_t c) {
     Collect(x, c * per, std::min(d, (c + 1) * per), top_bin, above.data() + above_at[c],
-            cand_key.data() + cand_at[c], cand_idx.data() + cand_at[c]);
+            above_at[c + 1] - above_at[c], cand_key.data() + cand_at[c],
+            cand_idx.data() + cand_at[c], cand_at[c + 1] - cand_at[c]);
   };
   if (chunks > 1) {
     fedjax_comp::ParallelFor(*pool, chunks, 1, pass_b);
