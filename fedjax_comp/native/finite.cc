@@ -52,7 +52,8 @@ ffi::Error AllFiniteImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
   const int64_t n = dims.back();
   const int64_t rows = static_cast<int64_t>(finite->element_count());
   if (static_cast<int64_t>(x.element_count()) != rows * n)
-    return ffi::Error::InvalidArgument("all_finite: finite must be x's shape without its last axis");
+    return ffi::Error::InvalidArgument(
+        "all_finite: finite must be x's shape without its last axis");
   bool* out = finite->typed_data();
   if (n == 0) {
     std::fill(out, out + rows, true);

@@ -431,7 +431,8 @@ ffi::Error QsgdPackImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buff
   const int64_t n = dims.back(), groups = (n + 31) / 32;
   if (n < 1 || size < 1 || levels < 1 || levels > 127 || bits < 1 || bits > 8 ||
       (int64_t{1} << bits) < 2 * levels + 1)
-    return ffi::Error::InvalidArgument("qsgd_pack: n, size >= 1, levels in 1..127, 2 levels < 2^bits");
+    return ffi::Error::InvalidArgument(
+        "qsgd_pack: n, size >= 1, levels in 1..127, 2 levels < 2^bits");
   const int64_t rows = static_cast<int64_t>(x.element_count()) / n;
   const int64_t nb = (n + size - 1) / size;
   if (static_cast<int64_t>(seeds.element_count()) != rows * nb ||

@@ -62,7 +62,8 @@ ffi::Error ScatterAscendingImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> inde
     float* yr = y + r * n;
     // The first index at or past i0 (indices below 0 or from n on are
     // dropped, as XLA's scatter drops them).
-    int64_t j = std::lower_bound(idx, idx + k, i0, [](int32_t a, int64_t b) { return a < b; }) - idx;
+    int64_t j =
+        std::lower_bound(idx, idx + k, i0, [](int32_t a, int64_t b) { return a < b; }) - idx;
     int64_t at = i0;
     for (; j < k && idx[j] < i1; ++j) {  // ascending (checked above): each index in turn
       const int64_t i = idx[j];

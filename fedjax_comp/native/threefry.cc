@@ -150,7 +150,8 @@ ffi::Error StratifiedImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> key,
     const W8 lane = W8{0, 1, 2, 3, 4, 5, 6, 7};
     int64_t j = j0;
     for (; j + 8 <= j1; j += 8) {
-      const W8 word = Threefry(W8{}, fedjax_comp::SplatW(static_cast<uint32_t>(j)) + lane, k0, k1, k2);
+      const W8 counter = fedjax_comp::SplatW(static_cast<uint32_t>(j)) + lane;
+      const W8 word = Threefry(W8{}, counter, k0, k1, k2);
       const I8 jj = reinterpret_cast<I8>(fedjax_comp::SplatW(static_cast<uint32_t>(j)) + lane);
       const I8 big = jj < extra;  // all ones where the stratum is one longer
       const I8 s = (I8{} + size) - big;

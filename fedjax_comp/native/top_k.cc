@@ -18,8 +18,9 @@
 //     first of those equal to T) are merged.
 // Two passes over the row; the rest touches only the candidates. Pass B
 // compares 8 floats at a time and, with AVX2, packs the lanes above or in
-// the bin to the lists by a shuffle, without a branch. Rows are independent work items (`fedjax_comp::ParallelFor`); with
-// fewer rows than threads, each row's two passes split over chunks instead.
+// the bin to the lists by a shuffle, without a branch. Rows are independent
+// work items (`fedjax_comp::ParallelFor`); with at most half as many rows as
+// threads, each row's two passes split over chunks instead.
 
 #include <algorithm>
 #include <cstdint>
@@ -75,8 +76,13 @@ constexpr int kTopBits = 11, kShift = 20;
 constexpr int kTopBins = 1 << kTopBits;
 
 // Pass A over x[0:len]: adds the histogram of the keys' top 11 bits to hist,
-// from four interleaved histograms (independent increments).
+// from four interleaved histograms (independent increments; a short range
+// goes straight into hist, where zeroing the four would cost more).
 void HistogramTop(const float* x, int64_t len, uint32_t* hist) {
+  if (len < 4 * kTopBins) {
+    for (int64_t j = 0; j < len; ++j) ++hist[Key(x[j]) >> kShift];
+    return;
+  }
   thread_local std::vector<uint32_t> h4(4 * kTopBins);
   std::fill(h4.begin(), h4.end(), 0u);
   int64_t j = 0;
@@ -141,8 +147,10 @@ void Collect(const float* x, int64_t j0, int64_t j1, uint32_t top_bin, int32_t* 
       const unsigned up_mask = _mm256_movemask_ps(_mm256_castsi256_ps(up));
       const unsigned in_mask =
           _mm256_movemask_ps(_mm256_castsi256_ps(_mm256_andnot_si256(up, in_or_up)));
-      const __m256i pack_up = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[up_mask]));
-      const __m256i pack_in = _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[in_mask]));
+      const __m256i pack_up =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[up_mask]));
+      const __m256i pack_in =
+          _mm256_load_si256(reinterpret_cast<const __m256i*>(kPack.lanes[in_mask]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(ab + na),
                           _mm256_permutevar8x32_epi32(index, pack_up));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + nc),
@@ -185,52 +193,10 @@ void Collect(const float* x, int64_t j0, int64_t j1, uint32_t top_bin, int32_t* 
   }
 }
 
-// One row: writes the k selected indices, ascending, to out. With chunks >
-// 1 (and a pool), passes A and B run over that many contiguous chunks of the
-// row in parallel: per-chunk histograms, summed, give the bin and each
-// chunk's offsets into the two lists, so the lists come out in index order
-// as with one chunk.
-void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
-               std::vector<uint32_t>& cand_key, std::vector<int32_t>& cand_idx,
-               std::vector<int32_t>& above, ffi::ThreadPool* pool, int64_t chunks) {
-  const int64_t per = (d + chunks - 1) / chunks;
-  chunks = (d + per - 1) / per;
-  std::vector<uint32_t> hists(chunks * kTopBins, 0u);
-  auto pass_a = [&](int64_t c) {
-    HistogramTop(x + c * per, std::min(d, (c + 1) * per) - c * per, &hists[c * kTopBins]);
-  };
-  if (chunks > 1) {
-    fedjax_comp::ParallelFor(*pool, chunks, 1, pass_a);
-  } else {
-    pass_a(0);
-  }
-  uint32_t hist[kTopBins] = {};
-  for (int64_t c = 0; c < chunks; ++c)
-    for (int b = 0; b < kTopBins; ++b) hist[b] += hists[c * kTopBins + b];
-  int64_t need = k;
-  const uint32_t top_bin = static_cast<uint32_t>(FindBin(hist, kTopBins, &need));
-
-  // Pass B: everything above the bin is taken; the bin's members are candidates.
-  std::vector<int64_t> above_at(chunks + 1, 0), cand_at(chunks + 1, 0);
-  for (int64_t c = 0; c < chunks; ++c) {
-    int64_t up = 0;
-    for (int b = static_cast<int>(top_bin) + 1; b < kTopBins; ++b) up += hists[c * kTopBins + b];
-    above_at[c + 1] = above_at[c] + up;
-    cand_at[c + 1] = cand_at[c] + hists[c * kTopBins + top_bin];
-  }
-  above.resize(above_at[chunks]);  // k - need
-  cand_key.resize(cand_at[chunks]);  // hist[top_bin]
-  cand_idx.resize(cand_at[chunks]);
-  auto pass_b = [&](int64_t c) {
-    Collect(x, c * per, std::min(d, (c + 1) * per), top_bin, above.data() + above_at[c],
-            above_at[c + 1] - above_at[c], cand_key.data() + cand_at[c],
-            cand_idx.data() + cand_at[c], cand_at[c + 1] - cand_at[c]);
-  };
-  if (chunks > 1) {
-    fedjax_comp::ParallelFor(*pool, chunks, 1, pass_b);
-  } else {
-    pass_b(0);
-  }
+// The candidates' lower 20 bits, then the merge: writes the k indices to out.
+void Resolve(uint32_t top_bin, int64_t need, const std::vector<int32_t>& above,
+             const std::vector<uint32_t>& cand_key, const std::vector<int32_t>& cand_idx,
+             int32_t* out) {
   const int64_t na = static_cast<int64_t>(above.size());
 
   // The lower 20 bits among the candidates, in two digits of 10 bits (none
@@ -258,6 +224,57 @@ void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
     out[o++] = idx;
   }
   while (a < na) out[o++] = above[a++];
+}
+
+// One row: writes the k selected indices, ascending, to out. With chunks >
+// 1 (and a pool), passes A and B run over that many contiguous chunks of the
+// row in parallel: per-chunk histograms, summed, give the bin and each
+// chunk's offsets into the two lists, so the lists come out in index order
+// as with one chunk.
+void SelectRow(const float* x, int64_t d, int64_t k, int32_t* out,
+               std::vector<uint32_t>& cand_key, std::vector<int32_t>& cand_idx,
+               std::vector<int32_t>& above, ffi::ThreadPool* pool, int64_t chunks) {
+  uint32_t hist[kTopBins] = {};
+  if (chunks <= 1) {  // one thread: no per-chunk histograms or offsets
+    HistogramTop(x, d, hist);
+    int64_t need = k;
+    const uint32_t top_bin = static_cast<uint32_t>(FindBin(hist, kTopBins, &need));
+    above.resize(k - need);
+    cand_key.resize(hist[top_bin]);
+    cand_idx.resize(hist[top_bin]);
+    Collect(x, 0, d, top_bin, above.data(), k - need, cand_key.data(), cand_idx.data(),
+            hist[top_bin]);
+    Resolve(top_bin, need, above, cand_key, cand_idx, out);
+    return;
+  }
+  const int64_t per = (d + chunks - 1) / chunks;
+  chunks = (d + per - 1) / per;
+  std::vector<uint32_t> hists(chunks * kTopBins, 0u);
+  fedjax_comp::ParallelFor(*pool, chunks, 1, [&](int64_t c) {
+    HistogramTop(x + c * per, std::min(d, (c + 1) * per) - c * per, &hists[c * kTopBins]);
+  });
+  for (int64_t c = 0; c < chunks; ++c)
+    for (int b = 0; b < kTopBins; ++b) hist[b] += hists[c * kTopBins + b];
+  int64_t need = k;
+  const uint32_t top_bin = static_cast<uint32_t>(FindBin(hist, kTopBins, &need));
+
+  // Pass B: everything above the bin is taken; the bin's members are candidates.
+  std::vector<int64_t> above_at(chunks + 1, 0), cand_at(chunks + 1, 0);
+  for (int64_t c = 0; c < chunks; ++c) {
+    int64_t up = 0;
+    for (int b = static_cast<int>(top_bin) + 1; b < kTopBins; ++b) up += hists[c * kTopBins + b];
+    above_at[c + 1] = above_at[c] + up;
+    cand_at[c + 1] = cand_at[c] + hists[c * kTopBins + top_bin];
+  }
+  above.resize(above_at[chunks]);  // k - need
+  cand_key.resize(cand_at[chunks]);  // hist[top_bin]
+  cand_idx.resize(cand_at[chunks]);
+  fedjax_comp::ParallelFor(*pool, chunks, 1, [&](int64_t c) {
+    Collect(x, c * per, std::min(d, (c + 1) * per), top_bin, above.data() + above_at[c],
+            above_at[c + 1] - above_at[c], cand_key.data() + cand_at[c],
+            cand_idx.data() + cand_at[c], cand_at[c + 1] - cand_at[c]);
+  });
+  Resolve(top_bin, need, above, cand_key, cand_idx, out);
 }
 
 ffi::Error TopKImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x,
