@@ -185,7 +185,7 @@ def random_bits(key: jax.Array, n: int) -> jax.Array:
 
 
 # From this many float32 elements on, `all_finite` takes the native kernel on
-# a CPU (see `all_finite`; docs/performance.md, "Random bits and finiteness").
+# a CPU (docs/performance.md, "Random draws, finiteness and the decoders' scatter").
 NATIVE_FINITE_MIN = 2**14
 # From this many outputs on, `scatter_ascending` takes the native kernel on a CPU.
 NATIVE_SCATTER_MIN = 2**14
@@ -220,13 +220,15 @@ def scatter_ascending(index: jax.Array, values: jax.Array, n: int) -> jax.Array:
   draws and top-k's indices are ascending); the kernel refuses a row that
   is not.
   """
-  def xla(i, v):
-    return jnp.zeros((n,), v.dtype).at[i].set(v)
-
   if index.ndim != 1 or values.dtype != jnp.float32 or n < NATIVE_SCATTER_MIN or (
       not native.active()):
-    return xla(index, values)
+    return _scatter_xla(index, values, n)
   return _scatter_ascending_native(index.astype(jnp.int32), values, n)
+
+
+def _scatter_xla(index: jax.Array, values: jax.Array, n: int, unique: bool = False) -> jax.Array:
+  # unique: JAX transposes a scatter (reverse mode) only when told its indices are unique.
+  return jnp.zeros((n,), values.dtype).at[index].set(values, unique_indices=unique)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -235,7 +237,7 @@ def _scatter_ascending_native(index: jax.Array, values: jax.Array, n: int) -> ja
   values (the decoders of structured codecs are trained through: random_mask's expand)."""
   return lax.platform_dependent(
       index, values, cpu=lambda i, v: native.scatter_ascending(i, v, n),
-      default=lambda i, v: jnp.zeros((n,), v.dtype).at[i].set(v))
+      default=lambda i, v: _scatter_xla(i, v, n))
 
 
 @_scatter_ascending_native.defjvp
@@ -244,7 +246,7 @@ def _scatter_ascending_jvp(n, primals, tangents):
   # Linear in values: the tangent is the same scatter, in XLA ops (which JAX
   # can transpose for reverse mode; the FFI call cannot be).
   return (_scatter_ascending_native(index, values, n),
-          jnp.zeros((n,), values.dtype).at[index].set(tangents[1], unique_indices=True))
+          _scatter_xla(index, tangents[1], n, unique=True))
 
 
 def rademacher_words(key: jax.Array, n: int) -> jax.Array:

@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _ab  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 from fedjax_comp import codecs, kernels, native  # noqa: E402
 
@@ -40,20 +40,12 @@ DEFAULT_CODECS = "eden(bits=0.5);rand_k(p=1/32);subsample(p=0.25);sign;top_k(p=1
 
 
 def jit_with(fn, use_native: bool, *example):
-  """`fn` jitted (a fresh function, traced now) with the native draws, finiteness test and
-  scatter on or off; returns it and its output. The keys are arguments: a key closed over is a
-  constant, and XLA would fold its draws at compile time."""
-  real = kernels.native_random_bits, kernels.NATIVE_FINITE_MIN, kernels.NATIVE_SCATTER_MIN
-  if not use_native:
-    kernels.native_random_bits = lambda key: False
-    kernels.NATIVE_FINITE_MIN = kernels.NATIVE_SCATTER_MIN = float("inf")
-  try:
-    jitted = jax.jit(lambda *a: fn(*a))
-    out = jax.block_until_ready(jitted(*example))
-  finally:
-    (kernels.native_random_bits, kernels.NATIVE_FINITE_MIN,
-     kernels.NATIVE_SCATTER_MIN) = real
-  return jitted, out
+  """`fn` jitted with the native draws, finiteness test and scatter on or off (`_ab.jit_patched`)."""
+  off = float("inf")
+  patches = {} if use_native else {(kernels, "native_random_bits"): lambda key: False,
+                                   (kernels, "NATIVE_FINITE_MIN"): off,
+                                   (kernels, "NATIVE_SCATTER_MIN"): off}
+  return _ab.jit_patched(fn, patches, *example)
 
 
 def main(argv=None) -> int:
@@ -65,24 +57,16 @@ def main(argv=None) -> int:
   if not native.available():
     print("the native kernels are not built: nothing to compare")
     return 1
-  shapes = []
-  for text in args.shapes.split(","):
-    clients, n = (int(v) for v in text.lower().split("x"))
-    if clients < 1 or n < 1:
-      parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
-    shapes.append((clients, n))
+  shapes = _ab.parse_shapes(parser, args.shapes, 2, lambda c, n: c >= 1 and n >= 1,
+                            "CLIENTSxN with both >= 1")
   for spec in args.codecs.split(";"):
     codec = codecs.parse(spec)
     for clients, n in shapes:
       x = jax.random.normal(jax.random.key(0), (clients, n))
       keys = jax.random.split(jax.random.key(1), clients)
 
-      def cohort(xs, keys, c=codec):
-        ys = jax.vmap(lambda k, v: c.decode(k, c.encode(k, v, c.init(v))[0]))(keys, xs)
-        return jnp.ones((1, ys.shape[0])) @ ys
-
-      fast, out_fast = jit_with(cohort, True, x, keys)
-      slow, out_slow = jit_with(cohort, False, x, keys)
+      fast, out_fast = jit_with(_ab.cohort(codec), True, x, keys)
+      slow, out_slow = jit_with(_ab.cohort(codec), False, x, keys)
       same = np.array_equal(np.asarray(out_fast), np.asarray(out_slow))
       pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
       ratio = pair.ratio()

@@ -33,8 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 
+from benchmarks import _ab  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 import numpy as np  # noqa: E402
 
@@ -43,17 +43,12 @@ from fedjax_comp.codecs import norm_levels  # noqa: E402
 
 
 def jit_with(fn, use_native: bool, *example):
-  """`fn` jitted (a fresh function, traced now) with the native quantizers on or off; returns it
-  and its output."""
-  real = kernels.native_quantizer, norm_levels.NATIVE_MIN_LENGTH
-  kernels.native_quantizer = (lambda n: native.available()) if use_native else (lambda n: False)
-  norm_levels.NATIVE_MIN_LENGTH = 1 if use_native else float("inf")
-  try:
-    jitted = jax.jit(lambda *a: fn(*a))
-    out = jax.block_until_ready(jitted(*example))
-  finally:
-    kernels.native_quantizer, norm_levels.NATIVE_MIN_LENGTH = real
-  return jitted, out
+  """`fn` jitted with the native quantizers forced on at every length, or off
+  (`_ab.jit_patched`)."""
+  return _ab.jit_patched(fn, {
+      (kernels, "native_quantizer"):
+          (lambda n: native.available()) if use_native else (lambda n: False),
+      (norm_levels, "NATIVE_MIN_LENGTH"): 1 if use_native else float("inf")}, *example)
 
 
 def main(argv=None) -> int:
@@ -68,12 +63,8 @@ def main(argv=None) -> int:
   if not native.available():
     print("the native kernels are not built: nothing to compare")
     return 1
-  shapes = []
-  for text in args.shapes.split(","):
-    clients, n = (int(v) for v in text.lower().split("x"))
-    if clients < 1 or n < 1:
-      parser.error(f"--shapes: CLIENTS x N with both >= 1, got {text!r}")
-    shapes.append((clients, n))
+  shapes = _ab.parse_shapes(parser, args.shapes, 2, lambda c, n: c >= 1 and n >= 1,
+                            "CLIENTSxN with both >= 1")
   specs = [f"quantize(bits={int(b)})" for b in args.bits.split(",")]
   specs += ([] if args.no_terngrad else ["terngrad"]) + [q for q in args.qsgd.split(";") if q]
   for spec in specs:
@@ -82,12 +73,8 @@ def main(argv=None) -> int:
       x = jax.random.normal(jax.random.key(0), (clients, n))
       keys = jax.random.split(jax.random.key(1), clients)
 
-      def cohort(xs, keys, c=codec):
-        ys = jax.vmap(lambda k, v: c.decode(k, c.encode(k, v, ())[0]))(keys, xs)
-        return jnp.ones((1, ys.shape[0])) @ ys
-
-      fast, out_fast = jit_with(cohort, True, x, keys)
-      slow, out_slow = jit_with(cohort, False, x, keys)
+      fast, out_fast = jit_with(_ab.cohort(codec), True, x, keys)
+      slow, out_slow = jit_with(_ab.cohort(codec), False, x, keys)
       diff = float(np.max(np.abs(np.asarray(out_fast) - np.asarray(out_slow))))
       pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
       ratio = pair.ratio()

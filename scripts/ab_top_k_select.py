@@ -32,6 +32,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from benchmarks import _ab  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 from fedjax_comp import native  # noqa: E402
 
@@ -67,12 +68,8 @@ def main(argv=None) -> int:
   if not native.available():
     print("the native kernels are not built: nothing to compare")
     return 1
-  shapes = []
-  for text in args.shapes.split(","):
-    rows, d, k = (int(v) for v in text.lower().split("x"))
-    if not (rows >= 1 and 1 <= k <= d):
-      parser.error(f"--shapes: ROWSxDxK with rows >= 1 and 1 <= k <= d, got {text!r}")
-    shapes.append((rows, d, k))
+  shapes = _ab.parse_shapes(parser, args.shapes, 3, lambda rows, d, k: rows >= 1 and 1 <= k <= d,
+                            "ROWSxDxK with rows >= 1 and 1 <= k <= d")
   with tempfile.TemporaryDirectory() as tmp:
     lib = ctypes.cdll.LoadLibrary(build_revision(args.rev, tmp))
     jax.ffi.register_ffi_target("fedjax_comp_top_k_revision",
