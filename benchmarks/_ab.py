@@ -4,16 +4,26 @@ Each script times one implementation against another with
 `benchmarks._timing.Pair`; what they share lives here: parsing a
 ``--shapes`` list of ``AxB[xC]`` integers, jitting a fresh function while
 some module attributes are patched (jax.jit caches by function identity, so
-a fresh lambda is what makes the patch count), and the codec cohort they
-time (every client's update encoded, decoded and summed in one jitted vmap).
+a fresh lambda is what makes the patch count), the codec cohort they time
+(every client's update encoded, decoded and summed in one jitted vmap), and
+the native kernels of an earlier git revision, built beside this tree's.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
+import re
+import subprocess
 
 import jax
 import jax.numpy as jnp
+
+from fedjax_comp import native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REVISION_SUFFIX = "_revision"
 
 
 def parse_shapes(parser: argparse.ArgumentParser, text: str, fields: int,
@@ -59,3 +69,52 @@ def cohort(codec):
     ys = jax.vmap(lambda k, v: codec.decode(k, codec.encode(k, v, codec.init(v))[0]))(keys, xs)
     return jnp.ones((1, ys.shape[0])) @ ys
   return run
+
+
+def build_native_revision(rev: str, out_dir: str, sources=None) -> dict:
+  """Compiles git revision `rev`'s native kernels into `out_dir` and registers them.
+
+  Every ``fedjax_comp/native/*.cc`` of `rev` (or those named in `sources`),
+  with that revision's headers, is compiled with the library's flags; each
+  handler symbol ``FedjaxCompX`` is renamed ``FedjaxCompXRevision`` and
+  registered as ``<target>_revision``. Returns the patches that make
+  `fedjax_comp.native`'s wrappers call the revision's handlers
+  (``{(native, "FWHT_TARGET"): "fedjax_comp_fwht_revision", ...}``) for the
+  targets the revision has: pass them to `jit_patched`. Valid where the
+  wrappers' calling convention did not change since `rev` (a mismatch fails
+  in the FFI call, loudly).
+  """
+  src_dir = os.path.join(out_dir, "native")
+  os.makedirs(src_dir)
+  listing = subprocess.run(["git", "-C", ROOT, "ls-tree", "--name-only", f"{rev}:fedjax_comp/native"],
+                           capture_output=True, text=True, check=True).stdout.split()
+  symbols = dict((symbol, target) for target, symbol in native.HANDLERS)
+  found, compiled = set(), []
+  for name in listing:
+    if not name.endswith((".h", ".cc")):
+      continue
+    text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:fedjax_comp/native/{name}"],
+                          capture_output=True, text=True, check=True).stdout
+    for symbol in re.findall(r"XLA_FFI_DEFINE_HANDLER_SYMBOL\(\s*(\w+)\s*,", text):
+      if symbol in symbols:
+        found.add(symbol)
+    text = re.sub(r"(XLA_FFI_DEFINE_HANDLER_SYMBOL\(\s*)(\w+)(\s*,)", r"\1\2Revision\3", text)
+    with open(os.path.join(src_dir, name), "w") as f:
+      f.write(text)
+    if name.endswith(".cc") and (sources is None or name in sources):
+      compiled.append(os.path.join(src_dir, name))
+  lib_path = os.path.join(out_dir, "libnative_revision.so")
+  subprocess.run([native._compiler(), *native._FLAGS, f"-I{jax.ffi.include_dir()}",  # pylint: disable=protected-access
+                  *compiled, "-o", lib_path], check=True)
+  lib = ctypes.cdll.LoadLibrary(lib_path)
+  patches = {}
+  for name in dir(native):
+    target = getattr(native, name)
+    if name.endswith("_TARGET") and isinstance(target, str):
+      symbol = next((s for s, t in symbols.items() if t == target), None)
+      if symbol in found and hasattr(lib, symbol + "Revision"):
+        jax.ffi.register_ffi_target(target + REVISION_SUFFIX,
+                                    jax.ffi.pycapsule(getattr(lib, symbol + "Revision")),
+                                    platform="cpu")
+        patches[(native, name)] = target + REVISION_SUFFIX
+  return patches

@@ -8,7 +8,8 @@ r"""Paired A/B of the native top-k select against its version at an earlier git 
 
 The revision's ``fedjax_comp/native/top_k.cc`` (with the headers of that
 revision) is compiled with the library's flags into a scratch directory,
-its handler registered under another target name, and for each
+its handler registered under another target name
+(`benchmarks._ab.build_native_revision`), and for each
 ``ROWS x D x K`` both select the same batch (vmapped rows) in one jitted
 call each, timed alternately (`benchmarks._timing.Pair`); the median of
 the per-pair quotients (this tree / the revision) is printed. The two
@@ -18,9 +19,7 @@ must select the same indices, which the script checks first.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
-import subprocess
 import sys
 import tempfile
 
@@ -36,27 +35,8 @@ from benchmarks import _ab  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 from fedjax_comp import native  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_SHAPES = ("1x1048576x32768,1x1048576x10486,1x1048576x1049,1x262144x8192,"
                   "2x524288x16384,8x1048576x32768,10x65536x655,10x15210x476")
-
-
-def build_revision(rev: str, out_dir: str) -> str:
-  """Compiles `rev`'s top_k.cc, its symbol renamed, into out_dir; returns the library's path."""
-  native_dir = os.path.join(out_dir, "native")
-  os.makedirs(native_dir)
-  listing = subprocess.run(["git", "-C", ROOT, "ls-tree", "--name-only", f"{rev}:fedjax_comp/native"],
-                           capture_output=True, text=True, check=True).stdout.split()
-  for name in listing:
-    if name.endswith((".h", ".cc")):
-      text = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:fedjax_comp/native/{name}"],
-                            capture_output=True, text=True, check=True).stdout
-      with open(os.path.join(native_dir, name), "w") as f:
-        f.write(text.replace("FedjaxCompTopK,", "FedjaxCompTopKRevision,"))
-  lib = os.path.join(out_dir, "libtopk_revision.so")
-  subprocess.run([native._compiler(), *native._FLAGS, f"-I{jax.ffi.include_dir()}",
-                  os.path.join(native_dir, "top_k.cc"), "-o", lib], check=True)
-  return lib
 
 
 def main(argv=None) -> int:
@@ -71,14 +51,13 @@ def main(argv=None) -> int:
   shapes = _ab.parse_shapes(parser, args.shapes, 3, lambda rows, d, k: rows >= 1 and 1 <= k <= d,
                             "ROWSxDxK with rows >= 1 and 1 <= k <= d")
   with tempfile.TemporaryDirectory() as tmp:
-    lib = ctypes.cdll.LoadLibrary(build_revision(args.rev, tmp))
-    jax.ffi.register_ffi_target("fedjax_comp_top_k_revision",
-                                jax.ffi.pycapsule(lib.FedjaxCompTopKRevision), platform="cpu")
+    target = _ab.build_native_revision(args.rev, tmp, sources=["top_k.cc"])[
+        (native, "TOP_K_TARGET")]
   for rows, d, k in shapes:
     x = jax.random.normal(jax.random.key(0), (rows, d))
     ours = jax.jit(lambda v, k=k: native.top_k_indices(v, k))
     theirs = jax.jit(lambda v, k=k: jax.ffi.ffi_call(
-        "fedjax_comp_top_k_revision", jax.ShapeDtypeStruct(v.shape[:-1] + (k,), jnp.int32),
+        target, jax.ShapeDtypeStruct(v.shape[:-1] + (k,), jnp.int32),
         vmap_method="broadcast_all")(v))
     if not np.array_equal(ours(x), theirs(x)):
       print(f"{rows} x {d}, k = {k}: the two select different indices")

@@ -217,6 +217,15 @@ def test_native_rotated_quantizer_matches_a_numpy_reference(bits, rows, m):
 
 
 @needs_native
+def test_native_rotated_quantizer_refuses_boundaries_out_of_order():
+  # b = 4 finds a code by binary search, which needs ascending boundaries.
+  table, bounds = (np.asarray(a, np.float32) for a in eden_lib.lloyd_max(4))
+  y = np.ones((1, 64), np.float32)
+  with pytest.raises(Exception, match="boundaries must ascend"):
+    jax.block_until_ready(native.rotated_quantize(y, bounds[::-1], table, 4))
+
+
+@needs_native
 @pytest.mark.parametrize("spec", ["drive", "eden(bits=3,block=256)", "eden(bits=4,scale=mse)",
                                   "eden(bits=2,scale=one)"])
 def test_native_and_xla_rotated_codecs_agree(spec, monkeypatch):

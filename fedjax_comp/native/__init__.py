@@ -74,6 +74,21 @@ ALL_FINITE_TARGET = "fedjax_comp_all_finite"
 SCATTER_TARGET = "fedjax_comp_scatter_ascending"
 QSGD_PACK_TARGET = "fedjax_comp_qsgd_pack"
 QSGD_UNPACK_TARGET = "fedjax_comp_qsgd_unpack"
+# Each FFI target and the library symbol of its handler (XLA_FFI_DEFINE_HANDLER_SYMBOL).
+HANDLERS = ((FWHT_TARGET, "FedjaxCompFwht"),
+            (QUANTIZE_TARGET, "FedjaxCompRotatedQuantize"),
+            (DEQUANTIZE_TARGET, "FedjaxCompRotatedDequantize"),
+            (TOP_K_TARGET, "FedjaxCompTopK"),
+            (QUANTIZE_PACK_TARGET, "FedjaxCompQuantizePack"),
+            (UNPACK_DEQUANTIZE_TARGET, "FedjaxCompUnpackDequantize"),
+            (TERNARY_PACK_TARGET, "FedjaxCompTernaryPack"),
+            (TERNARY_UNPACK_TARGET, "FedjaxCompTernaryUnpack"),
+            (THREEFRY_TARGET, "FedjaxCompThreefryBits"),
+            (STRATIFIED_TARGET, "FedjaxCompStratified"),
+            (ALL_FINITE_TARGET, "FedjaxCompAllFinite"),
+            (SCATTER_TARGET, "FedjaxCompScatterAscending"),
+            (QSGD_PACK_TARGET, "FedjaxCompQsgdPack"),
+            (QSGD_UNPACK_TARGET, "FedjaxCompQsgdUnpack"))
 _HERE = pathlib.Path(__file__).parent
 _SOURCES = (_HERE / "fwht.cc", _HERE / "rotated_codes.cc", _HERE / "top_k.cc",
             _HERE / "quantize.cc", _HERE / "threefry.cc", _HERE / "finite.cc",
@@ -170,21 +185,9 @@ def available() -> bool:
     return False
   try:
     lib = ctypes.cdll.LoadLibrary(str(_build(compiler)))
-    for target, symbol in ((FWHT_TARGET, lib.FedjaxCompFwht),
-                           (QUANTIZE_TARGET, lib.FedjaxCompRotatedQuantize),
-                           (DEQUANTIZE_TARGET, lib.FedjaxCompRotatedDequantize),
-                           (TOP_K_TARGET, lib.FedjaxCompTopK),
-                           (QUANTIZE_PACK_TARGET, lib.FedjaxCompQuantizePack),
-                           (UNPACK_DEQUANTIZE_TARGET, lib.FedjaxCompUnpackDequantize),
-                           (TERNARY_PACK_TARGET, lib.FedjaxCompTernaryPack),
-                           (TERNARY_UNPACK_TARGET, lib.FedjaxCompTernaryUnpack),
-                           (THREEFRY_TARGET, lib.FedjaxCompThreefryBits),
-                           (STRATIFIED_TARGET, lib.FedjaxCompStratified),
-                           (ALL_FINITE_TARGET, lib.FedjaxCompAllFinite),
-                           (SCATTER_TARGET, lib.FedjaxCompScatterAscending),
-                           (QSGD_PACK_TARGET, lib.FedjaxCompQsgdPack),
-                           (QSGD_UNPACK_TARGET, lib.FedjaxCompQsgdUnpack)):
-      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(symbol), platform="cpu")
+    for target, symbol in HANDLERS:
+      jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(lib, symbol)),
+                                  platform="cpu")
   except (OSError, RuntimeError, subprocess.SubprocessError) as e:
     logging.warning("fedjax_comp.native: building the kernels failed, so kernels.fwht, the "
                     "rotated codecs and top_k use their XLA paths: %s", e)
@@ -259,9 +262,9 @@ def rotated_quantize(y: jax.Array, boundaries: np.ndarray, table: np.ndarray,
   sqrt(m) / ||y / top||`` exceeds) packed as `kernels.pack` packs them, and
   per row ``(top = max |y| or NaN if a y is not finite, sum unit^2,
   <unit, q>, <q, q>)`` with q the code's centroid in `table`; the sums in
-  double. m must be below 2^15 or a multiple of it (a power of two is
-  either). Call only where `available()` is true, on a CPU; not
-  differentiable.
+  double. The boundaries must ascend (an error otherwise), m be below 2^15
+  or a multiple of it (a power of two is either). Call only where
+  `available()` is true, on a CPU; not differentiable.
   """
   rows, m = y.shape[-2:]
   groups = -(-rows * m // 32)

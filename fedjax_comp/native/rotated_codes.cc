@@ -57,17 +57,38 @@ void Codes(const float* __restrict src, int64_t len, float div, float c,
   const V8 vdiv = Splat(div), vc = Splat(c);
   D4 s_uq[2] = {}, s_qq[2] = {};
   int64_t j = 0;
+  // b = 4 (15 boundaries): a binary search, the last two levels' boundaries
+  // and the centroids looked up by permutes (the boundaries ascend, so the
+  // code, how many of them z exceeds, is the same count as the chain's).
+  V8 l3 = Splat(0.0f), l4 = Splat(0.0f), t_lo = Splat(0.0f), t_hi = Splat(0.0f);
+  if constexpr (NB == 15) {
+    for (int k = 0; k < 4; ++k) l3[k] = bnd[1 + 4 * k];
+    for (int k = 0; k < 8; ++k) {
+      l4[k] = bnd[2 * k];
+      t_lo[k] = tab[k];
+      t_hi[k] = tab[8 + k];
+    }
+  }
   auto step = [&](int64_t at, V8* uq8, V8* qq8) {
     const V8 unit = Load(src + at) / vdiv;
     const V8 z = unit * vc;
     I8 code = I8{};
     V8 q = vt[0];
-    for (int b = 0; b < NB; ++b) {
-      const I8 above = z > vb[b];  // all ones or zero per lane
-      code -= above;
-      q = Select(above, vt[b + 1], q);
+    if constexpr (NB == 15) {
+      const I8 a3 = z > vb[7];
+      code = a3 & 8;
+      code |= (z > Select(a3, vb[11], vb[3])) & 4;
+      code |= (z > __builtin_shuffle(l3, code >> 2)) & 2;
+      code |= (z > __builtin_shuffle(l4, code >> 1)) & 1;
+      q = __builtin_shuffle(t_lo, t_hi, code);
+    } else {
+      for (int b = 0; b < NB; ++b) {
+        const I8 above = z > vb[b];  // all ones or zero per lane
+        code -= above;
+        q = Select(above, vt[b + 1], q);
+      }
     }
-    const U8 bytes = __builtin_convertvector(code, U8);
+    const U8 bytes = LowBytes(code);
     std::memcpy(dst + at, &bytes, 8);
     *uq8 += unit * q;
     *qq8 += q * q;
@@ -121,6 +142,9 @@ ffi::Error QuantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> y,
     return ffi::Error::InvalidArgument("rotated_quantize: output shapes do not match y");
   if (m <= 0 || m % std::min(m, kChunk))
     return ffi::Error::InvalidArgument("rotated_quantize: m must divide or be a multiple of 2^15");
+  for (int64_t k = 0; k + 1 < levels - 1; ++k)
+    if (!(boundaries[k] <= boundaries[k + 1]))  // Codes<15> searches them
+      return ffi::Error::InvalidArgument("rotated_quantize: the boundaries must ascend");
   if (batch == 0) return ffi::Error::Success();
   const float* in = y.typed_data();
   uint32_t* out_words = words->typed_data();
@@ -228,8 +252,15 @@ ffi::Error DequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
   float tab[16];
   std::copy(table.begin(), table.end(), tab);
   const int levels = static_cast<int>(table.size());
-  V8 vt[16];
-  for (int c = 0; c < levels; ++c) vt[c] = Splat(tab[c]);
+  V8 vt[2] = {Splat(tab[0]), Splat(tab[1])};
+  V8 t_lo = Splat(0.0f), t_hi = Splat(0.0f);  // the centroids, looked up by permutes
+  for (int c = 0; c < levels; ++c) {
+    if (c < 8) {
+      t_lo[c] = tab[c];
+    } else {
+      t_hi[c - 8] = tab[c];
+    }
+  }
   const uint32_t* in = words.typed_data();
   const float* sc = scale.typed_data();
   float* out = y->typed_data();
@@ -247,9 +278,15 @@ ffi::Error DequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
     UnpackRange(
         wb, groups, code_bits, i0, i1,
         [&](int64_t i, W8 code) {
-          V8 q = vt[0];
-          for (int c = 1; c < levels; ++c)
-            q = Select(reinterpret_cast<I8>(code >= static_cast<uint32_t>(c)), vt[c], q);
+          V8 q;
+          const I8 c = reinterpret_cast<I8>(code);
+          if (levels == 16) {
+            q = __builtin_shuffle(t_lo, t_hi, c);
+          } else if (levels > 2) {
+            q = __builtin_shuffle(t_lo, c);
+          } else {
+            q = Select(c > 0, vt[1], vt[0]);
+          }
           if (i < lo || i >= hi) {
             lo = i / m * m;
             hi = lo + m;

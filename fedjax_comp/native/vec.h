@@ -16,6 +16,7 @@ typedef uint32_t W8 __attribute__((vector_size(32)));
 typedef float V4 __attribute__((vector_size(16)));
 typedef double D4 __attribute__((vector_size(32)));
 typedef uint8_t U8 __attribute__((vector_size(8)));
+typedef uint8_t B32 __attribute__((vector_size(32)));
 
 inline V8 Load(const float* p) {
   V8 v;
@@ -29,6 +30,13 @@ inline V8 Select(I8 c, V8 a, V8 b) {
   return reinterpret_cast<V8>((c & reinterpret_cast<I8>(a)) | (~c & reinterpret_cast<I8>(b)));
 }
 inline I8 SelectI(I8 c, I8 a, I8 b) { return (c & a) | (~c & b); }
+// The low byte of each lane (lanes in 0..255), as 8 bytes: two byte shuffles,
+// a permute and an OR. GCC 12's __builtin_convertvector to U8 extracted the
+// lanes one by one (96 vpextrd in rotated_codes.cc's Codes<1>).
+inline U8 LowBytes(I8 v) {
+  const B32 b = reinterpret_cast<B32>(v);
+  return __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28);
+}
 
 // A power-of-two-wide field of a b-bit code (`kernels._fields`): code bits
 // [offset, offset + width) fill `width` words of each 32-code group, 32 /
