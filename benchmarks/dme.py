@@ -356,6 +356,7 @@ def measure_codec(spec: str, cfg: Config, mesh, sample, ids, say=print,
       "nmse": statistics.fmean(nmses),
       "bits_per_coordinate": bits / cfg.dim,
       "bits_per_client": bits,
+      "index_bits": codecs.index_bits(one),  # top-k's index lists, by coding
       "coded_bits_per_coordinate": coded,
       "suresh_bound": suresh_bound(spec, cfg.dim),
       "encode_s": statistics.median(enc_times),

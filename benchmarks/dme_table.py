@@ -196,14 +196,16 @@ def format_tables(cells: dict) -> str:
   parts = []
   for (dist, dim, n), metrics in cells.items():
     parts += [f"### {dist}, d = {dim:,}, n = {n}", "",
-              "| codec | bits/coord | coded bits/coord | vNMSE | NMSE of mean | encode ms | "
-              "decode ms | (enc+dec)/copy |", "|" + "---|" * 8]
+              "| codec | bits/coord | of which index list | coded bits/coord | vNMSE | "
+              "NMSE of mean | encode ms | decode ms | (enc+dec)/copy |", "|" + "---|" * 9]
     for spec, m in metrics.items():
       coded = "-" if m["coded_bits_per_coordinate"] is None else (
           f"{m['coded_bits_per_coordinate']:.3f}")
-      parts.append(f"| `{spec}` | {m['bits_per_coordinate']:.3f} | {coded} | {m['vnmse']:.4g} | "
-                   f"{m['nmse']:.4g} | {m['encode_s'] * 1e3:.2f} | {m['decode_s'] * 1e3:.2f} | "
-                   f"{m['codec_to_copy']:.1f} |")
+      index = ", ".join(f"{bits / dim:.3f} ({coding})"
+                        for coding, bits in sorted(m.get("index_bits", {}).items())) or "-"
+      parts.append(f"| `{spec}` | {m['bits_per_coordinate']:.3f} | {index} | {coded} | "
+                   f"{m['vnmse']:.4g} | {m['nmse']:.4g} | {m['encode_s'] * 1e3:.2f} | "
+                   f"{m['decode_s'] * 1e3:.2f} | {m['codec_to_copy']:.1f} |")
     parts.append("")
   return "\n".join(parts)
 

@@ -107,18 +107,16 @@ def run_fedavg(cfg: configs.FederatedConfig, output_dir: str):
 
 def fedavg_times(exp, history: loop.History, net: clock.NetworkModel) -> list[float]:
   """The simulated clock after each round under `net`, from the rounds' own cohorts."""
-  params = jax.device_get(exp.state.params)
-  up, down = exp.algorithm.uplink_bits(params), exp.algorithm.downlink_bits(params)
+  up = exp.algorithm.uplink_bits(jax.device_get(exp.state.params))
   round_clock = clock.RoundClock(net, exp.data.num_clients, exp.cfg.train.seed)
-  return [round_clock.add_round(ids, steps, up_bits=up, down_bits=down)[1]
-          for ids, steps in history.cohorts]
+  return [cohort.clock(round_clock, up)[1] for cohort in history.cohorts]
 
 
 def matching_steps(exp, history: loop.History, inc: IncenterConfig) -> tuple[int, float]:
   """In-center steps per worker processing about FedAvg's examples, and that count."""
   sizes, batch = exp.data.sizes(), exp.cfg.train.batch_size
   per_step = np.minimum(sizes, batch or sizes.max())
-  examples = float(sum(np.sum(steps * per_step[ids]) for ids, steps in history.cohorts))
+  examples = float(sum(np.sum(c.steps * per_step[c.ids]) for c in history.cohorts))
   steps = inc.incenter_steps or max(1, round(examples / (inc.workers * inc.incenter_batch)))
   return steps, examples
 

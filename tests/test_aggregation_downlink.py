@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,7 +14,9 @@ import fedjax_comp as fc
 from fedjax_comp import codecs, keys
 from fedjax_comp.algorithms import downlink, reference
 from fedjax_comp.algorithms.fed_avg import Broadcast
+from fedjax_comp.experiment import clock, federated, loop
 from tests import helpers
+from tests.test_network_runner import TINY
 
 SIZES = [5, 7, 0, 8, 6, 2, 4]
 
@@ -171,3 +175,48 @@ def test_algorithms_that_cannot_honour_a_codec_refuse_it():
 def test_bad_downlink_codecs_are_refused(spec, match):
   with pytest.raises(ValueError, match=match):
     helpers.fed_avg(_model(), downlink_codec=codecs.parse(spec))
+
+
+def test_a_returning_client_downloads_the_broadcasts_it_missed_or_the_copy():
+  """bits = min((r - s) * payload, copy): s the round of the client's copy (1: the seed's)."""
+  ledger = downlink.CatchUp(payload_bits=100, copy_bits=350)
+  # Round 1: every copy is the initial model (0 bits); client 2 has no data (no download).
+  assert ledger.round(1, [0, 1, 2], [3, 3, 0]).tolist() == [0, 0, 0]
+  assert ledger.round(2, [0, 3], [2, 2]).tolist() == [100, 100]  # 3 holds round 1's (the seed)
+  assert ledger.round(4, [2, 3], [1, 1]).tolist() == [300, 200]
+  later = downlink.CatchUp(100, 350, synced=ledger.state())  # as a resumed run continues
+  for book in (ledger, later):
+    assert book.round(6, [1, 0, 3], [1, 1, 1]).tolist() == [350, 350, 200]  # 5 or 4 missed
+    assert book.round(7, [0], [5]).tolist() == [100]
+  assert ledger.state() == later.state() == {"ids": [0, 1, 2, 3], "rounds": [7, 6, 4, 6]}
+  with pytest.raises(ValueError, match="later than round 5"):
+    ledger.round(5, [0], [1])
+
+
+def test_a_run_charges_each_client_its_catch_up_on_the_traffic_and_the_clock():
+  # 20 clients, 5 a round: the records' downlink and the clock follow the ledger, not
+  # one payload per client.
+  cfg = dataclasses.replace(TINY, train=dataclasses.replace(
+      TINY.train, rounds=8, downlink_codec="quantize(bits=8)"))
+  exp = federated.setup(cfg, say=None)
+  params = jax.device_get(exp.state.params)
+  payload, dense = exp.algorithm.downlink_bits(params), codecs.dense_bits(params)
+  assert exp.algorithm.downlink_copy_bits(params) == dense and payload < dense
+  _, history = loop.run_rounds(exp.algorithm, exp.state, exp.rounds, num_rounds=8,
+                               clock=exp.clock, keep_cohorts=True, say=None)
+  synced, total, sim = {}, 0, 0.0
+  links = clock.RoundClock(clock.preset("cellular"), 20, seed=0).links
+  for r, (cohort, record) in enumerate(zip(history.cohorts, history.records), 1):
+    want = [min((r - synced.get(i, 1)) * payload, dense) for i in cohort.ids.tolist()]
+    synced.update((i, r) for i in cohort.ids.tolist())
+    assert cohort.down_bits.tolist() == want and record["downlink_bits"] == sum(want)
+    total += sum(want)
+    sim += clock.sync_round_time(links, cohort.ids, up_bits=32 * 650, down_bits=cohort.down_bits,
+                                 num_steps=cohort.steps)
+    assert record["sim_time_s"] == pytest.approx(sim, rel=1e-12)
+  assert history.total_downlink_bits == total
+  assert total != payload * 5 * 8  # not one payload per client and round
+  summary = federated.summary(exp, history)
+  assert summary["downlink_compression_ratio"] == dense / payload  # one broadcast
+  assert summary["downlink_realised_ratio"] == dense * 5 * 8 / total
+  assert any(b == dense for c in history.cohorts for b in c.down_bits.tolist())

@@ -28,6 +28,19 @@ TINY = configs.FederatedConfig(
     network=configs.NetworkConfig(network="none"))
 
 
+@pytest.mark.parametrize("spec,coding,index", [
+    ("top_k(p=0.01)", "positions", 32 * -(-7 * 10 // 32)),  # k = ceil(6.5) = 7 indices < 2^10
+    ("top_k(p=0.5)", "bitmap", 32 * -(-650 // 32)),  # 325 indices: the 650-bit map is smaller
+])
+def test_top_k_runs_report_which_index_coding_they_sent(tmp_path, spec, coding, index):
+  exp, _, _ = federated.run(TINY.replace(codec=spec, rounds=1), str(tmp_path), say=None)
+  m = results.read_result(tmp_path)["metrics"]
+  assert m["uplink_index_bits"] == {coding: index}
+  k = 7 if coding == "positions" else 325
+  assert m["uplink_bits_per_client_round"] == 32 * k + index
+  assert f"of which {index:,} bits of index list as {coding}" in exp.describe()[2]
+
+
 def test_federated_run_reports_exact_uplink_bits_and_bytes(tmp_path):
   exp, _, history = federated.run(TINY.replace(codec="quantize(bits=2)"), str(tmp_path),
                                   say=None)
@@ -115,3 +128,14 @@ def test_kernels_ratios():
   assert metrics["copy@4x64"]["ratio_to_copy"] == 1.0
   with pytest.raises(ValueError, match="dim a power of two"):
     kernels_runner.parse_shape("4x100")
+
+
+@pytest.mark.parametrize("spec,match", [
+    ("top_k(k=100000)", r"--downlink_codec='top_k\(k=100000\)' does not fit model 'logistic': "
+                        r"top_k: k must be in 1..d = 1..650"),
+    ("low_rank(rank=1)", "--downlink_codec: a structured codec"),
+    ("ef(top_k)", "--downlink_codec: a stateful codec"),
+])
+def test_bad_downlink_codecs_fail_at_setup_naming_the_flag(spec, match):
+  with pytest.raises(ValueError, match=match):
+    federated.setup(TINY.replace(downlink_codec=spec), say=None)

@@ -69,9 +69,9 @@ def test_the_rounds_cohorts_clock_the_run_again_afterwards():
       say=None)
   assert len(history.cohorts) == 3
   again = clock.RoundClock(clock.preset("cellular"), 20, seed=0)
-  for r, ((ids, steps), record) in enumerate(zip(history.cohorts, history.records)):
+  for r, ((ids, steps, down), record) in enumerate(zip(history.cohorts, history.records)):
     np.testing.assert_array_equal(ids, sampling.round_ids(keys.seed_key(0), r, 20, 5))
-    assert steps.tolist() == [8] * 5 and record["num_steps"] == 40
+    assert steps.tolist() == [8] * 5 and record["num_steps"] == 40 and down == 32 * 650
     assert again.add_round(ids, steps, up_bits=32 * 650, down_bits=32 * 650) == (
         record["sim_round_s"], record["sim_time_s"])
 

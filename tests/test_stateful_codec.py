@@ -108,3 +108,29 @@ def test_residuals_ride_as_rows_through_the_round(registered):
   table = host.get_rows()
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a)[table["ids"]], b),
                rows, table["rows"])
+
+
+@pytest.mark.parametrize("spec", ["ef(top_k(p=0.2))", "ef21(top_k(p=0.2))", "powersgd(rank=1)"])
+def test_a_non_finite_residual_is_refused_like_a_non_finite_update(spec):
+  """A NaN in one client's state (residual, running estimate, warm start) never decodes to a
+  finite update, so the round refuses the aggregate and writes no row; the other clients'
+  rows and the model are unchanged (device and host stores alike)."""
+  data = helpers.random_clients([5, 7, 3, 8, 6, 2, 4], max_examples=8)
+  alg = helpers.fed_avg(fc.get_model("logistic", (6,), 3), codec=codecs.parse(spec),
+                        clients_per_round=7, batch_size=4)
+  for store in (fc.DeviceStore(data), HostStore(RaggedClients.from_client_arrays(data),
+                                                min_bucket=4, say=None)):
+    state = alg.init(0)
+    bound = store.bind(alg, state.params)
+    state, out = bound.step(state)  # every client now holds a finite row
+    assert bool(out.metrics.finite)
+    table = bound.get_rows()
+    poisoned = jax.tree.map(np.array, table)
+    leaf = next(a for a in jax.tree.leaves(poisoned["rows"]) if a.dtype == np.float32)
+    leaf[np.flatnonzero(poisoned["ids"] == 3)[0]].flat[0] = np.nan
+    bound.set_rows(poisoned)
+    before = bound.get_rows()
+    new_state, out = bound.step(state)
+    assert not bool(out.metrics.finite), spec
+    jax.tree.map(np.testing.assert_array_equal, new_state.params, state.params)
+    jax.tree.map(np.testing.assert_array_equal, bound.get_rows(), before)  # no row written

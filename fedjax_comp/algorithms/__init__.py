@@ -27,7 +27,7 @@ import optax
 
 from fedjax_comp import codecs
 
-from fedjax_comp.algorithms import engine, reference, workers
+from fedjax_comp.algorithms import downlink, engine, reference, workers
 from fedjax_comp.algorithms.base import (ClientOutput, Cohort, CohortSums, FederatedAlgorithm,
                                          RoundMetrics, RoundOutput, ServerState, Weighted)
 from fedjax_comp.algorithms.fed_avg import fed_avg
@@ -59,8 +59,11 @@ def _downlink(kw):
   if isinstance(spec, str):
     try:
       spec = codecs.parse(spec) if spec.strip().lower() not in ("", "none") else None
+      if spec is not None:
+        downlink.check_downlink_codec(spec)
     except ValueError as e:
-      raise ValueError(f"--downlink_codec: {e}") from e
+      message = str(e).removeprefix("downlink_codec: ")
+      raise ValueError(f"--downlink_codec: {message}") from e
   return {**kw, "downlink_codec": spec}
 
 

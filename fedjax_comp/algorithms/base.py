@@ -133,6 +133,10 @@ class FederatedAlgorithm(NamedTuple):
   uplink_bits: Callable[[Params], int]  # exact bits one client with data sends per round
   downlink_bits: Callable[[Params], int]  # bits the server sends each client per round
   mesh: Mesh | None = None
+  # With a downlink codec: the clients' copy's bits in float32. Then a client
+  # downloads the broadcasts it missed since it last trained, or this copy if
+  # smaller (`downlink.CatchUp`); None: every round's download is downlink_bits.
+  downlink_copy_bits: Callable[[Params], int] | None = None
 
 
 def check_common(clients_per_round: int, client_chunk: int) -> None:

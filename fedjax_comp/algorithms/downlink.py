@@ -12,15 +12,25 @@ and clients train from W_hat (their delta is taken from W_hat; the server
 applies the aggregate to its own W). With feedback, whatever C dropped
 stays in ``W - W_hat`` and is sent later (error feedback on the server,
 Gruntkowska et al. 2022's EF21-P); plain compression lets W_hat drift from W
-by the sum of C's errors. The delta is "since the last round": the
-simulation assumes every client follows every broadcast (it keeps W_hat
-current), as in the bidirectional EF21-P setting; a cross-device client
-that was offline would need the payloads it missed (not simulated).
+by the sum of C's errors. The delta is "since the last round": one
+payload per round, the same for every client.
+
+What a client downloads (`CatchUp`): a client that trained in round s holds
+round s's copy; sampled again in round r it needs the r - s payloads it
+missed, or the copy itself in float32 where that is smaller::
+
+  bits_i(r) = min((r - s_i) * payload_bits, copy_bits)
+
+so under partial participation (10 of 100 clients a round: a client misses
+about 9 broadcasts between turns) compression saves far less downlink than
+its payload's ratio suggests. A client never sampled holds the initial model,
+regenerated from the seed (0 bits), i.e. s_i = 1. These per-client bits feed
+the traffic totals and the network clock. (A server could instead send each
+returning client one compressed catch-up C(W_hat - W_hat_i), but then
+clients would hold different copies, which this simulation does not track.)
 
 C's randomness is drawn from ``stream(server_key(round_key(t)), DOWNLINK)``, which
-every client regenerates. The initial model comes from the seed (0 bits).
-Each client with data downloads C's payload bits per round
-(`FederatedAlgorithm.downlink_bits`), which the network clock uses.
+every client regenerates.
 
 References:
   Gruntkowska, Tyurin, Richtarik, "EF21-P and Friends: Improved
@@ -33,6 +43,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fedjax_comp import codecs, keys
 from fedjax_comp.models import Params
@@ -41,14 +52,14 @@ from fedjax_comp.models import Params
 def check_downlink_codec(codec: codecs.Codec) -> None:
   """Raises ValueError unless `codec` can compress a broadcast model change."""
   if codec.structure is not None:
-    raise ValueError("downlink codec: a structured codec (low_rank, random_mask) reparametrizes "
+    raise ValueError("downlink_codec: a structured codec (low_rank, random_mask) reparametrizes "
                      "client training and cannot compress a broadcast; use a sketch "
                      "(e.g. 'hadamard,quantize(bits=4)' or 'eden(bits=2)')")
   if codec.stateful:
-    raise ValueError("downlink codec: a stateful codec (ef, ef21, powersgd) is not supported "
+    raise ValueError("downlink_codec: a stateful codec (ef, ef21, powersgd) is not supported "
                      "on the downlink; server-side error feedback is downlink_feedback=True")
   if codec.aggregator is not None:
-    raise ValueError(f"downlink codec: {codec.aggregator.name} is an aggregation rule for "
+    raise ValueError(f"downlink_codec: {codec.aggregator.name} is an aggregation rule for "
                      "uploads; a broadcast has one sender")
 
 
@@ -93,3 +104,47 @@ class Downlink:
     """Bits each client downloads per round: the codec's payload for a model-shaped change."""
     as_sent = jax.tree.map(lambda p: jax.ShapeDtypeStruct(jnp.shape(p), jnp.float32), params)
     return codecs.uplink_bits(self.codec, as_sent)  # the change is encoded in float32
+
+
+class CatchUp:
+  """What each client of a round downloads to hold the clients' copy (host side; module docstring).
+
+  Args:
+    payload_bits: one broadcast's bits (`Downlink.bits`).
+    copy_bits: the copy's bits in float32, what a client downloads instead
+      when that is fewer than the payloads it missed.
+    synced: a `state()` to continue from (a resumed run).
+  """
+
+  def __init__(self, payload_bits: int, copy_bits: int, synced: dict | None = None):
+    if payload_bits < 0 or copy_bits < 0:
+      raise ValueError(f"payload_bits and copy_bits must be >= 0, got {payload_bits}, {copy_bits}")
+    self.payload_bits = int(payload_bits)
+    self.copy_bits = int(copy_bits)
+    self._synced: dict[int, int] = {}
+    if synced:
+      self._synced = dict(zip((int(i) for i in synced["ids"]), (int(r) for r in synced["rounds"])))
+
+  def round(self, round_num: int, ids, steps) -> np.ndarray:
+    """int64 bits per entry of `ids` for round `round_num` (0 where `steps` is 0: no data);
+    the clients that trained then hold this round's copy."""
+    ids, steps = np.asarray(ids).reshape(-1), np.asarray(steps).reshape(-1)
+    if ids.shape != steps.shape:
+      raise ValueError(f"ids and steps must have the same length, got {ids.shape}, {steps.shape}")
+    bits = np.zeros(ids.shape, np.int64)
+    for j, (i, n) in enumerate(zip(ids.tolist(), steps.tolist())):
+      if n > 0:
+        missed = round_num - self._synced.get(i, 1)
+        if missed < 0:
+          raise ValueError(f"client {i} already holds round {self._synced[i]}'s copy, "
+                           f"later than round {round_num}")
+        bits[j] = min(missed * self.payload_bits, self.copy_bits)
+    for i, n in zip(ids.tolist(), steps.tolist()):
+      if n > 0:
+        self._synced[i] = round_num
+    return bits
+
+  def state(self) -> dict:
+    """The round whose copy each client that ever trained holds (JSON-able)."""
+    ids = sorted(self._synced)
+    return {"ids": ids, "rounds": [self._synced[i] for i in ids]}

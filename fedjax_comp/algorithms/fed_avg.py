@@ -157,4 +157,5 @@ def fed_avg(model: Model, client_optimizer: optax.GradientTransformation,
                                exact=reproducible),
       clients_per_round=clients_per_round, client_chunk=chunk, reproducible=reproducible,
       uplink_bits=lambda params: codecs.uplink_bits(codec, params),
-      downlink_bits=codecs.dense_bits if down is None else down.bits, mesh=mesh)
+      downlink_bits=codecs.dense_bits if down is None else down.bits, mesh=mesh,
+      downlink_copy_bits=None if down is None else codecs.dense_bits)  # W_hat in float32

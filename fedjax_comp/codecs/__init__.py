@@ -42,7 +42,8 @@ One job per module:
 * `spec`: the registry (`REGISTRY`, `register`) and `parse`, which takes a
   chain as a spec string, e.g. ``"subsample(p=1/16),hadamard,quantize(bits=2)"``
   (the grammar is in `fedjax_comp.codecs.spec`).
-* `bits`: exact uplink bits (`uplink_bits`, `payload_bits`, `dense_bits`).
+* `bits`: exact uplink bits (`uplink_bits`, `payload_bits`, `dense_bits`); top-k's index
+  lists by coding (`index_bits`).
 
 Adding a codec means one file and one `register` line; registering enrolls
 it in the conformance suite (tests/test_codecs.py).
@@ -76,8 +77,8 @@ from fedjax_comp.codecs.aggregation import (Aggregator, majority_vote,
 from fedjax_comp.codecs.base import (Codec, CodecState, FlatMeta, Payload, Structure, all_finite,
                                      check_float, flatten_update, identity, map_leaves,
                                      per_leaf, static_field, unflatten_update)
-from fedjax_comp.codecs.bits import (codec_input, dense_bits, matched_random_mask, payload_bits,
-                                     uplink_bits)
+from fedjax_comp.codecs.bits import (abstract_payload, codec_input, dense_bits,
+                                     matched_random_mask, payload_bits, uplink_bits)
 from fedjax_comp.codecs.composition import chain
 from fedjax_comp.codecs.rotated_codes import RotatedCodes, drive, eden
 from fedjax_comp.codecs.feedback import ef, ef21
@@ -85,7 +86,8 @@ from fedjax_comp.codecs.power_iteration import Factors, powersgd
 from fedjax_comp.codecs.norm_levels import QSGDLeaf, qsgd
 from fedjax_comp.codecs.quantization import Quantized, quantize
 from fedjax_comp.codecs.rotation import FlatRotated, Rotated, hadamard
-from fedjax_comp.codecs.sparsification import RandK, Sparse, index_coding, rand_k, top_k
+from fedjax_comp.codecs.sparsification import (RandK, Sparse, index_bits, index_coding, rand_k,
+                                               top_k)
 from fedjax_comp.codecs.spec import (COMPOSITE_EXAMPLES, REGISTRY, CodecInfo, is_unbiased, parse,
                                      parse_stages, register)
 from fedjax_comp.codecs.structured import (Frozen, LowRank, Masked, low_rank, mask_indices,
@@ -97,8 +99,9 @@ __all__ = [
     "COMPOSITE_EXAMPLES", "REGISTRY", "Aggregator", "all_finite", "Codec", "CodecInfo", "CodecState",
     "Factors", "FlatMeta", "FlatRotated", "Frozen", "LowRank", "Masked", "Payload", "QSGDLeaf",
     "Quantized", "RandK", "Rotated", "RotatedCodes", "Signs", "Sparse", "Structure",
-    "Subsampled", "Ternary", "chain", "check_float", "codec_input", "dense_bits", "drive",
-    "eden", "ef", "ef21", "flatten_update", "hadamard", "identity", "index_coding",
+    "Subsampled", "Ternary", "abstract_payload", "chain", "check_float", "codec_input",
+    "dense_bits", "drive", "eden", "ef", "ef21", "flatten_update", "hadamard", "identity",
+    "index_bits", "index_coding",
     "is_unbiased", "kept_count", "low_rank", "majority_vote", "matched_random_mask",
     "map_leaves", "mask_indices",
     "parse", "parse_stages", "payload_bits", "per_leaf", "population_running_mean",

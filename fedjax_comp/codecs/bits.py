@@ -35,12 +35,17 @@ def uplink_bits(codec: Codec, params: Params) -> int:
   payload's static shapes and dtypes give the count: packed words, scales
   and padding included.
   """
+  return payload_bits(abstract_payload(codec, params))
+
+
+def abstract_payload(codec: Codec, params: Params) -> Payload:
+  """One client's payload for a model like `params`, as `jax.ShapeDtypeStruct`s (nothing runs)."""
   x = codec_input(codec, params)
 
   def run(x):
     return codec.encode(jax.random.key(0), x, codec.init(x))[0]
 
-  return payload_bits(jax.eval_shape(run, x))
+  return jax.eval_shape(run, x)
 
 
 def payload_bits(payload: Payload) -> int:

@@ -46,6 +46,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from fedjax_comp import kernels, native
+from fedjax_comp.codecs.bits import payload_bits
 from fedjax_comp.codecs.base import (Codec, FlatMeta, flatten_update, poison_unless_finite,
                                      static_field, unflatten_update)
 from fedjax_comp.sampling import kth_largest
@@ -78,6 +79,17 @@ def index_coding(k: int, d: int) -> tuple[str, int]:
   positions = 32 * (-(-k * index_width(d) // 32))
   bitmap = 32 * (-(-d // 32))
   return ("positions", positions) if positions <= bitmap else ("bitmap", bitmap)
+
+
+def index_bits(payload) -> dict[str, int]:
+  """Bits of a payload's index lists by their coding, e.g. ``{"bitmap": 32768}``: summed over its
+  `Sparse` nodes (top-k's, inside any composition); empty for a payload without one. Works on
+  concrete arrays or on `jax.ShapeDtypeStruct`s (`bits.abstract_payload`)."""
+  out: dict[str, int] = {}
+  for node in jax.tree.leaves(payload, is_leaf=lambda n: isinstance(n, Sparse)):
+    if isinstance(node, Sparse):
+      out[node.coding] = out.get(node.coding, 0) + payload_bits(node.index)
+  return out
 
 
 def pack_fields(values: jax.Array, width: int) -> jax.Array:

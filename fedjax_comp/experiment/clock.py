@@ -223,16 +223,25 @@ class RoundClock(Clock):
     self.links = sample_links(net, num_clients, seed)
 
   def round_seconds(self, client_ids: ArrayLike, client_steps: ArrayLike, *,
-                    up_bits: int, down_bits: int) -> float:
-    """`sync_round_time` of the clients that trained (steps > 0); 0.0 if none did."""
+                    up_bits: ArrayLike, down_bits: ArrayLike) -> float:
+    """`sync_round_time` of the clients that trained (steps > 0); 0.0 if none did.
+    up_bits and down_bits: a scalar, or one per entry of client_ids."""
     ids = np.asarray(client_ids)
     steps = np.asarray(client_steps)
     trained = steps > 0
-    return sync_round_time(self.links, ids[trained], up_bits=up_bits, down_bits=down_bits,
-                           num_steps=steps[trained])
 
-  def add_round(self, client_ids: ArrayLike, client_steps: ArrayLike, *, up_bits: int,
-                down_bits: int) -> tuple[float, float]:
+    def pick(name, bits):
+      bits = np.asarray(bits)
+      if bits.ndim and bits.shape != ids.shape:
+        raise ValueError(f"{name} must be a scalar or one value per client id ({ids.shape[0]}), "
+                         f"got shape {bits.shape}")
+      return bits[trained] if bits.ndim else bits
+
+    return sync_round_time(self.links, ids[trained], up_bits=pick("up_bits", up_bits),
+                           down_bits=pick("down_bits", down_bits), num_steps=steps[trained])
+
+  def add_round(self, client_ids: ArrayLike, client_steps: ArrayLike, *, up_bits: ArrayLike,
+                down_bits: ArrayLike) -> tuple[float, float]:
     """Charges one round; returns ``(its seconds, the new total)``."""
     seconds = self.round_seconds(client_ids, client_steps, up_bits=up_bits,
                                  down_bits=down_bits)

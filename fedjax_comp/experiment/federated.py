@@ -57,6 +57,15 @@ class Experiment:
     return engine.layout(self.algorithm.clients_per_round, self.algorithm.client_chunk, ndev,
                          self.algorithm.reproducible)[0]
 
+  def index_bits(self) -> dict[str, int]:
+    """Bits of the uplink payload's index lists by coding (top-k's; `codecs.index_bits`)."""
+    return codecs.index_bits(codecs.abstract_payload(self.codec,
+                                                     sharding.fetch(self.state.params)))
+
+  def _index_note(self) -> str:
+    return "".join(f"; of which {bits:,} bits of index list as {coding}"
+                   for coding, bits in sorted(self.index_bits().items()))
+
   def describe(self) -> list[str]:
     d, t = self.cfg.data, self.cfg.train
     sizes = self.data.sizes()
@@ -72,13 +81,16 @@ class Experiment:
         f"{', fixed-order sums' if t.reproducible else ''}",
         f"client store: {self.store} ({self.store_reason})",
         f"codec {t.codec!r}: {up:,} uplink bits per client per round "
-        f"({dense / up:.1f}x smaller than float32)" if t.algorithm != "scaffold" else
+        f"({dense / up:.1f}x smaller than float32{self._index_note()})"
+        if t.algorithm != "scaffold" else
         f"codec {t.codec!r}: {up:,} uplink bits per client per round (Δy and Δc)"]
     if t.downlink_codec.strip().lower() not in ("", "none"):
       down = self.algorithm.downlink_bits(sharding.fetch(self.state.params))
       how = "distance to the clients' copy, EF21-P" if t.downlink_feedback else "last change"
-      lines.append(f"downlink codec {t.downlink_codec!r}: {down:,} bits per client per round "
-                   f"({dense / down:.1f}x smaller than float32; sends the model's {how})")
+      lines.append(f"downlink codec {t.downlink_codec!r}: {down:,} bits per broadcast "
+                   f"({dense / down:.1f}x smaller than float32; sends the model's {how}); a "
+                   f"sampled client downloads the broadcasts it missed, or the float32 model "
+                   f"if fewer bits")
     if self.clock is not None:
       m = self.clock.links.medians()
       lines.append(f"network {self.cfg.network.network}: {self.clock.net.describe()}; realised "
@@ -202,6 +214,8 @@ def setup(cfg: FederatedConfig, *, say: Callable[[str], None] | None = print) ->
                              steps=t.local_steps),
       clients_per_round=t.clients_per_round, codec=codec, client_chunk=chunk,
       mesh=mesh, reproducible=t.reproducible, **t.hparams())
+  if t.downlink_codec.strip().lower() not in ("", "none"):  # parsed and its kind checked above
+    _check_codec_fits(codecs.parse(t.downlink_codec), model, t.downlink_codec, "--downlink_codec")
   state = sharding.replicate(algorithm.init(t.seed), mesh)  # on the mesh: no per-call reshard
   rounds, store, reason = _store(cfg, data, algorithm, sharding.fetch(state.params), mesh, say)
   batches = evaluation.batch_for_eval(data.test, by_client=file_data)
@@ -219,14 +233,14 @@ def setup(cfg: FederatedConfig, *, say: Callable[[str], None] | None = print) ->
   return exp
 
 
-def _check_codec_fits(codec, model, spec: str) -> None:
-  """Traces the codec on the model's shapes: a rank or p the model cannot take fails here."""
+def _check_codec_fits(codec, model, spec: str, flag: str = "--codec") -> None:
+  """Traces the codec on the model's shapes: a rank or k the model cannot take fails here."""
   params = jax.eval_shape(model.init, jax.random.key(0))
   try:
     codecs.uplink_bits(codec, params)
   except ValueError as e:
     reason = str(e).split("\n")[0]  # without JAX's traceback note
-    raise ValueError(f"--codec={spec!r} does not fit model {model.name!r}: {reason}") from None
+    raise ValueError(f"{flag}={spec!r} does not fit model {model.name!r}: {reason}") from None
 
 
 def summary(exp: Experiment, history: loop.History) -> dict[str, Any]:
@@ -244,8 +258,14 @@ def summary(exp: Experiment, history: loop.History) -> dict[str, Any]:
       **task,
       "algorithm": exp.algorithm.name, "codec": exp.cfg.train.codec,
       "compression_ratio": codecs.dense_bits(params) / up,
+      "uplink_index_bits": exp.index_bits(),  # top-k's index lists: {"positions"|"bitmap": bits}
       "downlink_codec": exp.cfg.train.downlink_codec,
+      # one broadcast against float32; the realised ratio counts the catch-up downloads
       "downlink_compression_ratio": codecs.dense_bits(params) / exp.algorithm.downlink_bits(params),
+      # (clients with data over the run: each uploaded `up` bits, resumed rounds included)
+      "downlink_realised_ratio": (
+          codecs.dense_bits(params) * (history.total_uplink_bits // up)
+          / history.total_downlink_bits if history.total_downlink_bits else None),
       "num_params": models.num_params(params), "client_store": exp.store,
       "target_accuracy": target,
       "rounds_to_target": history.to_target("accuracy", target),

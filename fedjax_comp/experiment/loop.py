@@ -4,8 +4,10 @@
 serves the runners, the notebook and the README snippet alike. Each round:
 
 1. ``state, out = rounds.step(state)`` (a bound client store, `data.stores`);
-2. bits: every client with data uploads ``algorithm.uplink_bits`` and
-   downloads ``algorithm.downlink_bits`` (exact, from the payload's arrays);
+2. bits: every client with data uploads ``algorithm.uplink_bits`` (exact,
+   from the payload's arrays) and downloads ``algorithm.downlink_bits``, or
+   with a downlink codec the broadcasts it missed since it last trained
+   (`algorithms.downlink.CatchUp`);
 3. the clock (optional): the round lasts as long as its slowest client with
    data, from the round's own client ids and step counts;
 4. a record (one line of ``metrics.jsonl`` when an output directory is set);
@@ -25,16 +27,29 @@ import dataclasses
 import pathlib
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from fedjax_comp.algorithms.base import FederatedAlgorithm
+from fedjax_comp.algorithms.downlink import CatchUp
 from fedjax_comp.sharding import fetch
 from fedjax_comp.experiment import checkpoint, results
 from fedjax_comp.experiment.clock import RoundClock, time_to_target
 
 CHECKPOINT = "checkpoint.msgpack"
+
+
+class Cohort(NamedTuple):
+  """One round's clients as the clock sees them."""
+
+  ids: np.ndarray  # client ids (padding included)
+  steps: np.ndarray  # local steps per id (0: no data)
+  down_bits: int | np.ndarray  # bits each downloaded (a scalar, or one per id)
+
+  def clock(self, round_clock: RoundClock, up_bits: int) -> tuple[float, float]:
+    """`RoundClock.add_round` for this round: ``(its seconds, the new total)``."""
+    return round_clock.add_round(self.ids, self.steps, up_bits=up_bits, down_bits=self.down_bits)
 
 
 @dataclasses.dataclass
@@ -51,9 +66,12 @@ class History:
   total_downlink_bits: int = 0
   sim_time_s: float | None = None
   data_wait_s: float = 0.0  # total wait of the rounds for their cohorts (host store)
-  # With run_rounds(keep_cohorts=True): each round's (client ids, local steps), e.g. to clock
-  # the same run under other networks afterwards (`clock.RoundClock.round_seconds`).
-  cohorts: list[tuple[np.ndarray, np.ndarray]] = dataclasses.field(default_factory=list)
+  # With run_rounds(keep_cohorts=True): each round's client ids, local steps and download
+  # bits, e.g. to clock the same run under other networks afterwards (`Cohort.clock`).
+  cohorts: list[Cohort] = dataclasses.field(default_factory=list)
+  # With a downlink codec: the round whose copy each client that trained holds
+  # (`downlink.CatchUp.state`), so a resumed run charges the same downloads.
+  downlink_synced: dict | None = None
 
   @property
   def final_eval(self) -> dict | None:
@@ -67,7 +85,7 @@ class History:
   def bookkeeping(self) -> dict:
     return {k: getattr(self, k) for k in ("evals", "rounds_done", "round_time_s",
                                            "total_uplink_bits", "total_downlink_bits",
-                                           "sim_time_s")}
+                                           "sim_time_s", "downlink_synced")}
 
 
 def _resume(path, state, rounds, algorithm, config, history, clock, num_rounds, say):
@@ -144,10 +162,13 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
               if output_dir else None)
   params = fetch(state.params)
   up_bits, down_bits = algorithm.uplink_bits(params), algorithm.downlink_bits(params)
+  catch_up = (None if algorithm.downlink_copy_bits is None else
+              CatchUp(down_bits, algorithm.downlink_copy_bits(params), history.downlink_synced))
 
   def save(r):
     if ckpt is not None:
       history.rounds_done = r
+      history.downlink_synced = None if catch_up is None else catch_up.state()
       table = rounds.get_rows()
       checkpoint.save(ckpt, {"state": state, "rows": table},
                       {"algorithm": algorithm.name, "config": config,
@@ -164,7 +185,9 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
                "client_updates_per_sec": algorithm.clients_per_round * history.rounds_done
                                          / max(history.round_time_s, 1e-9),
                "uplink_bits_per_client_round": up_bits,
+               # with a downlink codec: one broadcast; a client downloads those it missed
                "downlink_bits_per_client_round": down_bits,
+               "downlink_catch_up": catch_up is not None,
                "total_uplink_bytes": history.total_uplink_bits / 8,
                "total_downlink_bytes": history.total_downlink_bits / 8,
                "sim_time_s": history.sim_time_s,
@@ -186,17 +209,23 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
       out = fetch(out)
       history.round_time_s += time.perf_counter() - t
       m = out.metrics
-      if keep_cohorts:
-        history.cohorts.append((np.asarray(out.client_ids), np.asarray(out.client_steps)))
       senders = int(m.num_clients)  # every client with data sends one payload
+      if catch_up is None:
+        client_down, round_down = down_bits, down_bits * senders
+      else:
+        client_down = catch_up.round(r, out.client_ids, out.client_steps)
+        round_down = int(client_down.sum())
+      if keep_cohorts:
+        history.cohorts.append(Cohort(np.asarray(out.client_ids), np.asarray(out.client_steps),
+                                      client_down))
       history.total_uplink_bits += up_bits * senders
-      history.total_downlink_bits += down_bits * senders
+      history.total_downlink_bits += round_down
       record = {"round": r, "train_loss": float(m.train_loss),
                 "update_norm": float(m.update_norm), "num_clients": senders,
                 "num_steps": int(m.num_steps), "uplink_bits": up_bits * senders,
-                "downlink_bits": down_bits * senders,
+                "downlink_bits": round_down,
                 "round_uplink_bytes": up_bits * senders / 8,
-                "round_downlink_bytes": down_bits * senders / 8,
+                "round_downlink_bytes": round_down / 8,
                 "total_uplink_bytes": history.total_uplink_bits / 8,
                 "total_downlink_bytes": history.total_downlink_bits / 8}
       wait = getattr(rounds, "data_wait_s", None)  # a host store's wait for the cohort
@@ -205,7 +234,7 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
         history.data_wait_s += wait
       if clock is not None:
         sim_round_s, history.sim_time_s = clock.add_round(
-            out.client_ids, out.client_steps, up_bits=up_bits, down_bits=down_bits)
+            out.client_ids, out.client_steps, up_bits=up_bits, down_bits=client_down)
         record.update(sim_round_s=sim_round_s, sim_time_s=history.sim_time_s)
       if not (bool(m.finite) and np.isfinite(m.train_loss)):
         what = ("aggregate (the update was not applied)" if not m.finite
