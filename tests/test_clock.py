@@ -293,3 +293,14 @@ def test_readable_unit():
   assert clock.readable_unit(90) == ("s", 1.0)
   assert clock.readable_unit(600) == ("min", 60.0)
   assert clock.readable_unit(5 * 3600) == ("h", 3600.0)
+
+
+def test_round_clock_takes_per_client_bits_and_names_a_misfit():
+  rc = clock.RoundClock(clock.preset("cellular"), 10, seed=0)
+  ids, steps = np.array([3, 5, 7]), np.array([2, 0, 4])  # client 5 has no data: left out
+  got = rc.round_seconds(ids, steps, up_bits=100, down_bits=np.array([10, 99999, 30]))
+  assert got == clock.sync_round_time(rc.links, np.array([3, 7]), up_bits=100,
+                                      down_bits=np.array([10, 30]), num_steps=np.array([2, 4]))
+  with pytest.raises(ValueError, match=r"down_bits must be a scalar or one value per client id "
+                                       r"\(3\), got shape \(2,\)"):
+    rc.round_seconds(ids, steps, up_bits=100, down_bits=np.array([10, 30]))

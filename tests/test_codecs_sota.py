@@ -181,9 +181,10 @@ needs_native = pytest.mark.skipif(not native.available(),
 
 
 @needs_native
-@pytest.mark.parametrize("bits,rows,m", [(1, 2, 4), (2, 3, 64), (3, 2, 1024), (4, 1, 1 << 16)])
+@pytest.mark.parametrize("bits,rows,m", [(1, 2, 4), (2, 3, 64), (3, 2, 1024), (4, 2, 1 << 16)])
 def test_native_rotated_quantizer_matches_a_numpy_reference(bits, rows, m):
-  # m = 4: the scalar tail; 2^16: two chunks of 2^15 per row. Row 1 (if any) holds a NaN.
+  # m = 4: the scalar tail; 2^16: two chunks of 2^15 per row (b = 4: the binary search and
+  # the permuted lookups). Row 1 (if any) holds a NaN.
   rng = np.random.default_rng(bits)
   y = rng.standard_normal((2, rows, m)).astype(np.float32)  # a vmap batch of 2
   if rows > 1:

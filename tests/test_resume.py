@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -161,3 +164,20 @@ def test_corrupt_result_and_metrics_files_give_clear_errors(tmp_path):
     results.read_metrics(tmp_path)
   (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2')
   assert results.read_metrics(tmp_path, allow_truncated_tail=True) == [{"round": 1}]
+
+
+def test_resume_of_a_checkpoint_without_the_downlink_ledger_is_refused(tmp_path):
+  # A checkpoint from before the catch-up accounting: its downlink totals used another rule.
+  cfg = TINY.replace(rounds=2, downlink_codec="quantize(bits=8)")
+  _run(cfg, tmp_path)
+  path = tmp_path / loop.CHECKPOINT
+  record = checkpoint._read(path)  # pylint: disable=protected-access
+  meta = record["meta_dict"]
+  assert meta["bookkeeping"]["downlink_synced"]["rounds"]  # the ledger is saved ...
+  del meta["bookkeeping"]["downlink_synced"]
+  payload = flax.serialization.msgpack_serialize({"tree": record["tree"],
+                                                  "meta": json.dumps(meta)})
+  path.write_bytes(checkpoint.MAGIC + hashlib.sha256(payload).hexdigest().encode() + b"\n"
+                   + payload)
+  with pytest.raises(checkpoint.CheckpointError, match="predates the downlink catch-up"):
+    _run(cfg.replace(rounds=3), tmp_path, resume=True)  # ... and required

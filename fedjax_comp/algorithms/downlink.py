@@ -29,6 +29,10 @@ the traffic totals and the network clock. (A server could instead send each
 returning client one compressed catch-up C(W_hat - W_hat_i), but then
 clients would hold different copies, which this simulation does not track.)
 
+A round whose decode is not finite broadcasts nothing (the copy stays), but
+the ledger still counts its payload for returning clients: a rare
+overcount, on the safe side.
+
 C's randomness is drawn from ``stream(server_key(round_key(t)), DOWNLINK)``, which
 every client regenerates.
 

@@ -12,13 +12,15 @@ time, drawn once per run from a `NetworkModel` preset.
 model, each selected client downloads it, trains, uploads; the round ends
 when the slowest of them has uploaded::
 
-  T_i     = (latency_i + down_bits / downlink_i)        # download
+  T_i     = (latency_i + down_bits_i / downlink_i)      # download
           + num_steps_i * step_i                         # local training
           + (latency_i + up_bits_i / uplink_i)           # upload
   T_round = max_i T_i
 
-The downlink is what the algorithm broadcasts (the float32 model for
-FedAvg), the uplink the codec's payload (`FederatedAlgorithm.uplink_bits`).
+The downlink is what each client downloads (the float32 model for FedAvg;
+with a downlink codec the broadcasts the client missed, or the model if
+fewer bits: `algorithms.downlink.CatchUp`, so one number per client), the
+uplink the codec's payload (`FederatedAlgorithm.uplink_bits`).
 `RoundClock` charges each round from what the round itself returns, its
 client ids and their local step counts: clients without data (0 steps) are
 left out of the max (they train nothing and send nothing, so the server

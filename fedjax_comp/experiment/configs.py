@@ -121,7 +121,9 @@ class TrainConfig:
                     "'low_rank(rank=4)'; 'none' sends float32.")
   downlink_codec: str = knob("none", "Downlink codec spec: the server broadcasts a compressed "
                              "model change and clients train from its decode, e.g. "
-                             "'hadamard,quantize(bits=4)'; 'none' broadcasts float32.")
+                             "'hadamard,quantize(bits=4)'; 'none' broadcasts float32. A "
+                             "sampled client downloads the broadcasts it missed since it "
+                             "last trained, or the float32 model if fewer bits.")
   downlink_feedback: bool = knob(True, "With --downlink_codec: compress the model's distance "
                                  "from the clients' copy (EF21-P error feedback) instead of "
                                  "the last round's change.")

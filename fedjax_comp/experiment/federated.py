@@ -58,9 +58,10 @@ class Experiment:
                          self.algorithm.reproducible)[0]
 
   def index_bits(self) -> dict[str, int]:
-    """Bits of the uplink payload's index lists by coding (top-k's; `codecs.index_bits`)."""
-    return codecs.index_bits(codecs.abstract_payload(self.codec,
-                                                     sharding.fetch(self.state.params)))
+    """Bits of a client's upload's index lists by coding (top-k's; `codecs.index_bits`)."""
+    one = codecs.index_bits(codecs.abstract_payload(self.codec, sharding.fetch(self.state.params)))
+    payloads = 2 if self.cfg.train.algorithm == "scaffold" else 1  # scaffold sends Δy and Δc
+    return {coding: payloads * bits for coding, bits in one.items()}
 
   def _index_note(self) -> str:
     return "".join(f"; of which {bits:,} bits of index list as {coding}"

@@ -5,9 +5,11 @@ serves the runners, the notebook and the README snippet alike. Each round:
 
 1. ``state, out = rounds.step(state)`` (a bound client store, `data.stores`);
 2. bits: every client with data uploads ``algorithm.uplink_bits`` (exact,
-   from the payload's arrays) and downloads ``algorithm.downlink_bits``, or
-   with a downlink codec the broadcasts it missed since it last trained
-   (`algorithms.downlink.CatchUp`);
+   from the payload's arrays) and downloads ``algorithm.downlink_bits`` (the
+   model, every round, the first included), or with a downlink codec the
+   broadcasts it missed since it last trained, or the float32 model if
+   fewer bits (`algorithms.downlink.CatchUp`; the first copy is the seed's,
+   0 bits);
 3. the clock (optional): the round lasts as long as its slowest client with
    data, from the round's own client ids and step counts;
 4. a record (one line of ``metrics.jsonl`` when an output directory is set);
@@ -102,6 +104,11 @@ def _resume(path, state, rounds, algorithm, config, history, clock, num_rounds, 
     raise ValueError(f"--resume: {path} was written with another configuration; these differ: "
                      + ", ".join(f"{k} (checkpoint {saved.get(k)!r}, now {config.get(k)!r})"
                                  for k in diff))
+  if algorithm.downlink_copy_bits is not None and "downlink_synced" not in meta["bookkeeping"]:
+    raise checkpoint.CheckpointError(
+        f"{path} predates the downlink catch-up accounting (it has no record of which round's "
+        "model each client holds), so its downlink totals would mix two rules; start the run "
+        "again in another --output_dir")
   done = int(meta["bookkeeping"]["rounds_done"])
   if num_rounds < done:
     raise ValueError(f"--rounds={num_rounds} is below the checkpoint's round {done}; "
@@ -144,7 +151,8 @@ def run_rounds(algorithm: FederatedAlgorithm, state, rounds, *, num_rounds: int,
       a different one is refused, naming the keys that differ.
     result_metrics: more metrics for ``result.json`` from the `History`.
     extras: ``result.json``'s extras (config, versions, ...).
-    keep_cohorts: keep every round's client ids and step counts in the History.
+    keep_cohorts: keep every round's client ids, step counts and download bits in the
+      History (`Cohort`), to replay the clock under other networks.
     say: progress printer (None: silent).
   """
   say = say or (lambda *_: None)

@@ -61,7 +61,7 @@ void Codes(const float* __restrict src, int64_t len, float div, float c,
   // and the centroids looked up by permutes (the boundaries ascend, so the
   // code, how many of them z exceeds, is the same count as the chain's).
   V8 l3 = Splat(0.0f), l4 = Splat(0.0f), t_lo = Splat(0.0f), t_hi = Splat(0.0f);
-  if constexpr (NB == 15) {
+  if constexpr (NB == 15 && kFastLookup) {
     for (int k = 0; k < 4; ++k) l3[k] = bnd[1 + 4 * k];
     for (int k = 0; k < 8; ++k) {
       l4[k] = bnd[2 * k];
@@ -74,13 +74,13 @@ void Codes(const float* __restrict src, int64_t len, float div, float c,
     const V8 z = unit * vc;
     I8 code = I8{};
     V8 q = vt[0];
-    if constexpr (NB == 15) {
+    if constexpr (NB == 15 && kFastLookup) {
       const I8 a3 = z > vb[7];
       code = a3 & 8;
       code |= (z > Select(a3, vb[11], vb[3])) & 4;
-      code |= (z > __builtin_shuffle(l3, code >> 2)) & 2;
-      code |= (z > __builtin_shuffle(l4, code >> 1)) & 1;
-      q = __builtin_shuffle(t_lo, t_hi, code);
+      code |= (z > Lookup8(l3, code >> 2)) & 2;
+      code |= (z > Lookup8(l4, code >> 1)) & 1;
+      q = Lookup16(t_lo, t_hi, code);
     } else {
       for (int b = 0; b < NB; ++b) {
         const I8 above = z > vb[b];  // all ones or zero per lane
@@ -280,12 +280,15 @@ ffi::Error DequantizeImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::U32> words,
         [&](int64_t i, W8 code) {
           V8 q;
           const I8 c = reinterpret_cast<I8>(code);
-          if (levels == 16) {
-            q = __builtin_shuffle(t_lo, t_hi, c);
-          } else if (levels > 2) {
-            q = __builtin_shuffle(t_lo, c);
-          } else {
+          if (levels == 2) {
             q = Select(c > 0, vt[1], vt[0]);
+          } else if (!kFastLookup) {
+            q = Splat(tab[0]);
+            for (int k = 1; k < levels; ++k) q = Select(c >= k, Splat(tab[k]), q);
+          } else if (levels == 16) {
+            q = Lookup16(t_lo, t_hi, c);
+          } else {
+            q = Lookup8(t_lo, c);
           }
           if (i < lo || i >= hi) {
             lo = i / m * m;

@@ -33,9 +33,45 @@ inline I8 SelectI(I8 c, I8 a, I8 b) { return (c & a) | (~c & b); }
 // The low byte of each lane (lanes in 0..255), as 8 bytes: two byte shuffles,
 // a permute and an OR. GCC 12's __builtin_convertvector to U8 extracted the
 // lanes one by one (96 vpextrd in rotated_codes.cc's Codes<1>).
+// (__builtin_shufflevector: clang and GCC >= 12; __builtin_shuffle: GCC.)
 inline U8 LowBytes(I8 v) {
   const B32 b = reinterpret_cast<B32>(v);
+#if defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 12)
   return __builtin_shufflevector(b, b, 0, 4, 8, 12, 16, 20, 24, 28);
+#else
+  const B32 low = __builtin_shuffle(b, B32{0, 4, 8, 12, 16, 20, 24, 28});
+  U8 out;
+  std::memcpy(&out, &low, sizeof(out));
+  return out;
+#endif
+}
+
+// Lane k: t[idx[k]] (idx in 0..7), and lo/hi[idx[k]] (idx in 0..15, hi from
+// 8): one vpermps (two and a blend) with GCC's __builtin_shuffle. Clang has
+// no variable shuffle builtin: there the plain loop (correct, slow), and
+// kFastLookup tells the kernels to prefer their select chains.
+#if defined(__GNUC__) && !defined(__clang__)
+constexpr bool kFastLookup = true;
+#else
+constexpr bool kFastLookup = false;
+#endif
+inline V8 Lookup8(V8 t, I8 idx) {
+#if defined(__GNUC__) && !defined(__clang__)
+  return __builtin_shuffle(t, idx);
+#else
+  V8 out;
+  for (int k = 0; k < 8; ++k) out[k] = t[idx[k] & 7];
+  return out;
+#endif
+}
+inline V8 Lookup16(V8 lo, V8 hi, I8 idx) {
+#if defined(__GNUC__) && !defined(__clang__)
+  return __builtin_shuffle(lo, hi, idx);
+#else
+  V8 out;
+  for (int k = 0; k < 8; ++k) out[k] = (idx[k] & 8) ? hi[idx[k] & 7] : lo[idx[k] & 7];
+  return out;
+#endif
 }
 
 // A power-of-two-wide field of a b-bit code (`kernels._fields`): code bits
