@@ -72,7 +72,8 @@ def test_random_mask_row_matches_the_low_rank_upload():
 
 
 def test_dme_table_cells_and_published_checks(tmp_path):
-  board = dme_table.TableConfig(codecs="drive;qsgd(levels=2);top_k(p=0.5)", distributions="normal",
+  board = dme_table.TableConfig(codecs="drive;qsgd(levels=2);top_k(p=0.5);identity",
+                                distributions="normal",
                                 log2_dims="10", num_clients="1,4", trials=2)
   result = dme_table.run(board, str(tmp_path), say=lambda *_: None)
   m = result["metrics"]
@@ -88,6 +89,8 @@ def test_dme_table_cells_and_published_checks(tmp_path):
   assert m["normal/1024/1"]["top_k(p=0.5)"]["index_bits"] == {"bitmap": 1024}
   assert "| `top_k(p=0.5)` | 17.000 | 1.000 (bitmap) |" in table
   assert "| `drive` | 1.031 | - |" in table
+  ident = m["normal/1024/1"]["identity"]  # the timings' floor: float32 both ways
+  assert ident["bits_per_coordinate"] == 32 and ident["vnmse"] == 0
   # The published-value check: 5% of the asymptotic vNMSE at d >= 2^16.
   fake = {("normal", 2**16, 1): {"drive": {"vnmse": 0.58}, "eden(bits=2)": {"vnmse": 0.15}}}
   found = {c["codec"]: c["ok"] for c in dme_table.checks(fake)}

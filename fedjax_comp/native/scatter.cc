@@ -4,11 +4,14 @@
 //
 // XLA:CPU zero-fills the fresh output, then scatters element by element on
 // one thread (0.20-0.37 ms for 32,768 values into 2^20 floats). Here each
-// work item owns a range of the output: it finds its first index by binary
-// search, then writes the range once, zeros and values together, so the
-// output is touched once, by the threads that share the pool. A first
-// parallel pass checks that every row's indices strictly ascend (k reads
-// against n writes); a row that does not is an error, never a wrong scatter.
+// work item owns a range of 2^16 output floats (256 KiB, in L2): it zeroes
+// the range with one memset, finds its first index by binary search and
+// writes its values, so the output is filled by the threads that share the
+// pool. (Zeroing only the gaps between indices, one memset each, cost a
+// libc call per value: 1.8 against 0.24 ms for 2^18 values into 2^20 floats
+// on one thread, 0.22 against 0.10 for 2^15.) A first parallel pass checks
+// that every row's indices strictly ascend (k reads against n writes); a row
+// that does not is an error, never a wrong scatter.
 
 #include <algorithm>
 #include <atomic>
@@ -64,14 +67,8 @@ ffi::Error ScatterAscendingImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> inde
     // dropped, as XLA's scatter drops them).
     int64_t j =
         std::lower_bound(idx, idx + k, i0, [](int32_t a, int64_t b) { return a < b; }) - idx;
-    int64_t at = i0;
-    for (; j < k && idx[j] < i1; ++j) {  // ascending (checked above): each index in turn
-      const int64_t i = idx[j];
-      std::memset(yr + at, 0, (i - at) * sizeof(float));
-      yr[i] = val[j];
-      at = i + 1;
-    }
-    std::memset(yr + at, 0, (i1 - at) * sizeof(float));
+    std::memset(yr + i0, 0, (i1 - i0) * sizeof(float));
+    for (; j < k && idx[j] < i1; ++j) yr[idx[j]] = val[j];  // ascending (checked above)
   });
   return ffi::Error::Success();
 }
