@@ -30,7 +30,11 @@ implementation with the alternative and prints both medians and their ratio
    and `rotated_dequantize`) against XLA's (``rotated_codes.native_ok``
    off), the native FWHT in both: encode alone, encode + decode, and the
    leaderboard's shape of section 5 (forced: below
-   ``rotated_codes.NATIVE_MIN_LENGTH`` the codecs keep XLA's).
+   ``rotated_codes.NATIVE_MIN_LENGTH`` the codecs keep XLA's);
+8. EDEN's fractional bits (b = 1/2) decoded by the native dequantizer and
+   `kernels.scatter_ascending` against XLA's unpack and scatter
+   (``rotated_codes.native_ok`` off, ``kernels.NATIVE_SCATTER_MIN``
+   infinite), on the vector and on 10 clients of 2^16 (vmapped).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._throughput_setup import memcpy_seconds  # noqa: E402
+from benchmarks import _ab  # noqa: E402
 from benchmarks._timing import Pair  # noqa: E402
 from fedjax_comp import codecs, kernels, native  # noqa: E402
 from fedjax_comp.codecs import rotated_codes  # noqa: E402
@@ -189,6 +194,20 @@ def main(argv=None) -> int:
     cohort = make_cohort(codecs.parse(spec), client_keys)
     row(f"   10 x 15,210 {spec}", jit_with_quantizer(cohort, True, deltas),
         jit_with_quantizer(cohort, False, deltas), (deltas,), args.repeats)
+  print("8. eden(bits=0.5) decode: native dequantizer and scatter (chosen) vs XLA's")
+  codec = codecs.parse("eden(bits=0.5)")
+  xla = {(rotated_codes, "native_ok"): lambda length: False,
+         (kernels, "NATIVE_SCATTER_MIN"): float("inf")}
+  many = jax.random.normal(jax.random.key(3), (10, 2**16), jnp.float32)
+  for label, fn, example in (
+      ("   encode + decode", lambda v, c=codec: c.decode(key, c.encode(key, v, c.init(v))[0]), x),
+      ("   10 x 2^16", make_cohort(codec, client_keys), many)):
+    chosen, out = _ab.jit_patched(fn, {}, example)
+    other, out_other = _ab.jit_patched(fn, xla, example)
+    if not np.array_equal(np.asarray(out), np.asarray(out_other)):
+      print(f"{label}: the two decodes differ")
+      return 1
+    row(label, chosen, other, (example,), args.repeats)
   return 0
 
 

@@ -228,7 +228,7 @@ def test_native_rotated_quantizer_refuses_boundaries_out_of_order():
 
 @needs_native
 @pytest.mark.parametrize("spec", ["drive", "eden(bits=3,block=256)", "eden(bits=4,scale=mse)",
-                                  "eden(bits=2,scale=one)"])
+                                  "eden(bits=2,scale=one)", "eden(bits=0.5)"])
 def test_native_and_xla_rotated_codecs_agree(spec, monkeypatch):
   # The two paths share the rotation; their sums round differently, so the
   # scale agrees to float32 rounding and the codes (here) exactly. Rows of
