@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import threading
 
 import jax
 import numpy as np
@@ -125,6 +126,26 @@ def test_mnist1d_generated_and_cached(tmp_path, monkeypatch):
   assert len(list(tmp_path.glob("mnist1d_*.npz"))) == 1
   b = sources.mnist1d(num_samples=200)
   np.testing.assert_array_equal(a.train.x, b.train.x)
+
+
+def test_mnist1d_generation_waits_for_a_process_already_generating_it(tmp_path, monkeypatch):
+  # Parallel test workers or runners generate MNIST-1D (half a minute) once between them:
+  # a caller that finds the lock held waits, then reads the holder's file.
+  monkeypatch.setenv("FEDJAX_COMP_CACHE", str(tmp_path))
+  sources.mnist1d(num_samples=200)
+  path = next(tmp_path.glob("mnist1d_*.npz"))
+  path.unlink()
+  got = {}
+  with sources._generation_lock(path):  # pylint: disable=protected-access
+    waiter = threading.Thread(target=lambda: got.update(d=sources.mnist1d(num_samples=200)))
+    waiter.start()
+    waiter.join(timeout=1.0)
+    assert waiter.is_alive()  # blocked on the lock, not generating
+    zeros = {"x": np.zeros((3, 40)), "y": np.zeros(3), "x_test": np.zeros((2, 40)),
+             "y_test": np.zeros(2)}
+    np.savez(path, **zeros)  # what "the other process" wrote
+  waiter.join(timeout=60)
+  assert got["d"].train.x.shape == (3, 40) and not got["d"].train.x.any()  # read, not made
 
 
 def test_digits_source():

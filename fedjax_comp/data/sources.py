@@ -6,6 +6,7 @@ a held-out central test split. TFDS image datasets live in `tfds_images.py`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pathlib
@@ -13,6 +14,11 @@ import sys
 import time
 
 import numpy as np
+
+try:
+  import fcntl
+except ImportError:  # not POSIX: no lock, each process generates its own copy
+  fcntl = None
 
 from fedjax_comp.data.examples import Examples, SourceData
 
@@ -68,6 +74,33 @@ def mnist1d(*, num_samples: int = 50_000, seed: int = 42, train_split: float = 0
   args.num_samples, args.seed, args.train_split = num_samples, seed, train_split
   tag = hashlib.sha256(repr(sorted(vars(args).items())).encode()).hexdigest()[:16]
   path = cache_dir() / f"mnist1d_{tag}.npz"
+  with _generation_lock(path if cache else None):
+    arrays = _mnist1d_arrays(mnist1d_data, args, path, num_samples, cache)
+  return SourceData(
+      train=Examples(arrays["x"].astype(np.float32), arrays["y"].astype(np.int32)),
+      test=Examples(arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32)),
+      num_classes=10)
+
+
+@contextlib.contextmanager
+def _generation_lock(path: pathlib.Path | None):
+  """Holds an exclusive lock beside `path` (None: no lock): processes that need the same
+  generated file (parallel test workers, two runners) wait for the first, then read its
+  file, instead of each generating it (MNIST-1D: half a minute of one core each)."""
+  if path is None or fcntl is None:
+    yield
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  with open(path.with_suffix(".lock"), "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _mnist1d_arrays(mnist1d_data, args, path: pathlib.Path, num_samples: int,
+                    cache: bool) -> dict:
   if cache and path.exists():
     arrays = dict(np.load(path))
   else:
@@ -88,11 +121,8 @@ def mnist1d(*, num_samples: int = 50_000, seed: int = 42, train_split: float = 0
       path.parent.mkdir(parents=True, exist_ok=True)
       tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
       np.savez(tmp, **arrays)
-      os.replace(tmp, path)  # atomic: parallel test workers never see half a file
-  return SourceData(
-      train=Examples(arrays["x"].astype(np.float32), arrays["y"].astype(np.int32)),
-      test=Examples(arrays["x_test"].astype(np.float32), arrays["y_test"].astype(np.int32)),
-      num_classes=10)
+      os.replace(tmp, path)  # atomic: a reader without the lock never sees half a file
+  return arrays
 
 
 def digits(*, seed: int = 0, test_fraction: float = 0.2) -> SourceData:
