@@ -31,10 +31,12 @@ implementation with the alternative and prints both medians and their ratio
    off), the native FWHT in both: encode alone, encode + decode, and the
    leaderboard's shape of section 5 (forced: below
    ``rotated_codes.NATIVE_MIN_LENGTH`` the codecs keep XLA's);
-8. EDEN's fractional bits (b = 1/2) decoded by the native dequantizer and
-   `kernels.scatter_ascending` against XLA's unpack and scatter
-   (``rotated_codes.native_ok`` off, ``kernels.NATIVE_SCATTER_MIN``
-   infinite), on the vector and on 10 clients of 2^16 (vmapped).
+8. EDEN's fractional bits (b = 1/2) with the native quantizer (its equal
+   strata need no weights), dequantizer and `kernels.scatter_ascending`
+   against XLA's (``rotated_codes.native_ok`` off,
+   ``kernels.NATIVE_SCATTER_MIN`` infinite), on the vector and on 4
+   clients of 2^18 (vmapped); the two agree to float32 rounding of the
+   scale (the native sums are double).
 """
 
 from __future__ import annotations
@@ -194,18 +196,19 @@ def main(argv=None) -> int:
     cohort = make_cohort(codecs.parse(spec), client_keys)
     row(f"   10 x 15,210 {spec}", jit_with_quantizer(cohort, True, deltas),
         jit_with_quantizer(cohort, False, deltas), (deltas,), args.repeats)
-  print("8. eden(bits=0.5) decode: native dequantizer and scatter (chosen) vs XLA's")
+  print("8. eden(bits=0.5): native quantizer, dequantizer and scatter (chosen) vs XLA's")
   codec = codecs.parse("eden(bits=0.5)")
   xla = {(rotated_codes, "native_ok"): lambda length: False,
          (kernels, "NATIVE_SCATTER_MIN"): float("inf")}
-  many = jax.random.normal(jax.random.key(3), (10, 2**16), jnp.float32)
+  many = jax.random.normal(jax.random.key(3), (4, 2**18), jnp.float32)
   for label, fn, example in (
       ("   encode + decode", lambda v, c=codec: c.decode(key, c.encode(key, v, c.init(v))[0]), x),
-      ("   10 x 2^16", make_cohort(codec, client_keys), many)):
+      ("   4 x 2^18", make_cohort(codec, client_keys[:4]), many)):
     chosen, out = _ab.jit_patched(fn, {}, example)
     other, out_other = _ab.jit_patched(fn, xla, example)
-    if not np.array_equal(np.asarray(out), np.asarray(out_other)):
-      print(f"{label}: the two decodes differ")
+    out, out_other = np.asarray(out), np.asarray(out_other)
+    if np.max(np.abs(out - out_other)) > 1e-5 * np.max(np.abs(out_other)):
+      print(f"{label}: the two decodes differ beyond float32 rounding of the scale")
       return 1
     row(label, chosen, other, (example,), args.repeats)
   return 0

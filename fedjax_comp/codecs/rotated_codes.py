@@ -264,6 +264,10 @@ def _rotated_codec(bits, scale: str, block: int, name: str) -> Codec:
     if fraction is not None:
       idx, weights = kept_indices(key, length)
       y = keep_coordinates(y, idx)
+      if length % idx.shape[0] == 0:
+        # Equal strata: the sizes cancel in S = <w u, u> / <w u, q> (exactly, for the power-
+        # of-two sizes of b = 1/2, 1/4, ...), so the unweighted (and native) quantizer serves.
+        weights = None
     m = y.shape[1]
     if weights is None and native_ok(nb * m):
       words, top, sq, dot, qq, norm = lax.platform_dependent(
