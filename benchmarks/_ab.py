@@ -19,8 +19,10 @@ import subprocess
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from fedjax_comp import native
+from benchmarks._timing import Pair
+from fedjax_comp import codecs, native
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REVISION_SUFFIX = "_revision"
@@ -40,6 +42,33 @@ def parse_shapes(parser: argparse.ArgumentParser, text: str, fields: int,
       parser.error(f"--shapes: {what}, got {item!r}")
     shapes.append(shape)
   return shapes
+
+
+def cohort_shapes(parser: argparse.ArgumentParser, text: str) -> list[tuple[int, int]]:
+  """`parse_shapes` for ``CLIENTSxN`` cohorts."""
+  return parse_shapes(parser, text, 2, lambda c, n: c >= 1 and n >= 1, "CLIENTSxN with both >= 1")
+
+
+def compare_cohorts(specs, shapes, patches: tuple[dict, dict], names: tuple[str, str],
+                    repeats: int) -> None:
+  """For each codec spec and ``(clients, n)``: the codec's `cohort` on normal updates, jitted
+  under each of the two `patches`, timed alternately (`Pair`); prints both medians, their
+  ratio (first / second) and whether the two sums are identical, else their largest
+  difference."""
+  for spec in specs:
+    codec = codecs.parse(spec)
+    for clients, n in shapes:
+      x = jax.random.normal(jax.random.key(0), (clients, n))
+      keys = jax.random.split(jax.random.key(1), clients)
+      (a, out_a), (b, out_b) = (jit_patched(cohort(codec), p, x, keys) for p in patches)
+      out_a, out_b = np.asarray(out_a), np.asarray(out_b)
+      same = ("identical" if np.array_equal(out_a, out_b) else
+              f"max |sum difference| {np.max(np.abs(out_a - out_b)):.3g}")
+      pair = Pair(lambda: a(x, keys), lambda: b(x, keys), repeats=repeats, span_s=0.05)
+      ratio = pair.ratio()
+      print(f"{spec} {clients} x {n}: {names[0]} {pair.medians[0] * 1e3:.3f} ms, {names[1]} "
+            f"{pair.medians[1] * 1e3:.3f} ms, {names[0]}/{names[1]} {ratio:.2f}, {same}",
+            flush=True)
 
 
 def jit_patched(fn, patches: dict, *example):

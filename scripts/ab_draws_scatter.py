@@ -29,23 +29,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
 from benchmarks import _ab  # noqa: E402
-from benchmarks._timing import Pair  # noqa: E402
-from fedjax_comp import codecs, kernels, native  # noqa: E402
+from fedjax_comp import kernels, native  # noqa: E402
 
 DEFAULT_CODECS = "eden(bits=0.5);rand_k(p=1/32);subsample(p=0.25);sign;top_k(p=1/32)"
 
 
-def jit_with(fn, use_native: bool, *example):
-  """`fn` jitted with the native draws, finiteness test and scatter on or off (`_ab.jit_patched`)."""
+def patches(use_native: bool) -> dict:
+  """The native draws, finiteness test and scatter on (no patch) or off."""
   off = float("inf")
-  patches = {} if use_native else {(kernels, "native_random_bits"): lambda key: False,
-                                   (kernels, "NATIVE_FINITE_MIN"): off,
-                                   (kernels, "NATIVE_SCATTER_MIN"): off}
-  return _ab.jit_patched(fn, patches, *example)
+  return {} if use_native else {(kernels, "native_random_bits"): lambda key: False,
+                                (kernels, "NATIVE_FINITE_MIN"): off,
+                                (kernels, "NATIVE_SCATTER_MIN"): off}
 
 
 def main(argv=None) -> int:
@@ -57,22 +52,8 @@ def main(argv=None) -> int:
   if not native.available():
     print("the native kernels are not built: nothing to compare")
     return 1
-  shapes = _ab.parse_shapes(parser, args.shapes, 2, lambda c, n: c >= 1 and n >= 1,
-                            "CLIENTSxN with both >= 1")
-  for spec in args.codecs.split(";"):
-    codec = codecs.parse(spec)
-    for clients, n in shapes:
-      x = jax.random.normal(jax.random.key(0), (clients, n))
-      keys = jax.random.split(jax.random.key(1), clients)
-
-      fast, out_fast = jit_with(_ab.cohort(codec), True, x, keys)
-      slow, out_slow = jit_with(_ab.cohort(codec), False, x, keys)
-      same = np.array_equal(np.asarray(out_fast), np.asarray(out_slow))
-      pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
-      ratio = pair.ratio()
-      print(f"{spec} {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
-            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}, "
-            f"{'identical' if same else 'DIFFERENT'}", flush=True)
+  _ab.compare_cohorts(args.codecs.split(";"), _ab.cohort_shapes(parser, args.shapes),
+                      (patches(True), patches(False)), ("native", "XLA"), args.repeats)
   return 0
 
 

@@ -32,23 +32,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _cpu  # noqa: E402,F401  (first: XLA device flags)
 
-import jax  # noqa: E402
-
 from benchmarks import _ab  # noqa: E402
-from benchmarks._timing import Pair  # noqa: E402
-import numpy as np  # noqa: E402
-
-from fedjax_comp import codecs, kernels, native  # noqa: E402
+from fedjax_comp import kernels, native  # noqa: E402
 from fedjax_comp.codecs import norm_levels  # noqa: E402
 
 
-def jit_with(fn, use_native: bool, *example):
-  """`fn` jitted with the native quantizers forced on at every length, or off
-  (`_ab.jit_patched`)."""
-  return _ab.jit_patched(fn, {
-      (kernels, "native_quantizer"):
-          (lambda n: native.available()) if use_native else (lambda n: False),
-      (norm_levels, "NATIVE_MIN_LENGTH"): 1 if use_native else float("inf")}, *example)
+def patches(use_native: bool) -> dict:
+  """The native quantizers forced on at every length, or off."""
+  return {(kernels, "native_quantizer"):
+              (lambda n: native.available()) if use_native else (lambda n: False),
+          (norm_levels, "NATIVE_MIN_LENGTH"): 1 if use_native else float("inf")}
 
 
 def main(argv=None) -> int:
@@ -63,24 +56,11 @@ def main(argv=None) -> int:
   if not native.available():
     print("the native kernels are not built: nothing to compare")
     return 1
-  shapes = _ab.parse_shapes(parser, args.shapes, 2, lambda c, n: c >= 1 and n >= 1,
-                            "CLIENTSxN with both >= 1")
+  shapes = _ab.cohort_shapes(parser, args.shapes)
   specs = [f"quantize(bits={int(b)})" for b in args.bits.split(",")]
   specs += ([] if args.no_terngrad else ["terngrad"]) + [q for q in args.qsgd.split(";") if q]
-  for spec in specs:
-    codec = codecs.parse(spec)
-    for clients, n in shapes:
-      x = jax.random.normal(jax.random.key(0), (clients, n))
-      keys = jax.random.split(jax.random.key(1), clients)
-
-      fast, out_fast = jit_with(_ab.cohort(codec), True, x, keys)
-      slow, out_slow = jit_with(_ab.cohort(codec), False, x, keys)
-      diff = float(np.max(np.abs(np.asarray(out_fast) - np.asarray(out_slow))))
-      pair = Pair(lambda: fast(x, keys), lambda: slow(x, keys), repeats=args.repeats, span_s=0.05)
-      ratio = pair.ratio()
-      print(f"{spec} {clients} x {n}: native {pair.medians[0] * 1e3:.3f} ms, "
-            f"XLA {pair.medians[1] * 1e3:.3f} ms, native/XLA {ratio:.2f}, "
-            f"max |sum difference| {diff:.2g}", flush=True)
+  _ab.compare_cohorts(specs, shapes, (patches(True), patches(False)), ("native", "XLA"),
+                      args.repeats)
   return 0
 
 
